@@ -1,0 +1,122 @@
+"""Self-describing compressed chunk frames.
+
+Frame layout::
+
+    flag   1 byte   0x00 = raw payload, 0x01 = zstd frame
+    size   4 bytes  plaintext length, unsigned little-endian
+    payload
+
+A chunk is stored raw when zstd does not make it smaller (already-compressed
+files), so reading it back costs a memcpy instead of a zstd call.  zstd frames
+carry zstd's own content checksum (xxh64, 4 bytes, computed while compressing),
+so a bit flip in a compressed payload is detected here; raw payloads have no
+checksum of their own - pass ``expected_id`` to :func:`decompress_chunk` (the
+store knows it) to verify them too.  The declared size is checked before any
+allocation, so a corrupt header cannot make us allocate gigabytes, and the
+result is either the complete plaintext or :class:`CorruptChunkError`.
+
+zstd objects are not thread-safe; each thread gets its own (compression and
+decompression release the GIL, so threads compress on separate cores).
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import zstandard
+
+from chunker.ids import chunk_id
+
+FLAG_RAW = 0x00
+FLAG_ZSTD = 0x01
+HEADER = struct.Struct("<BI")
+HEADER_SIZE = HEADER.size
+MAX_CHUNK_SIZE = (1 << 32) - 1
+DEFAULT_LEVEL = 3
+
+
+class CorruptChunkError(ValueError):
+    """A stored chunk frame is truncated, corrupt, or of an unknown kind."""
+
+
+class _Local(threading.local):
+    def __init__(self) -> None:
+        self.compressors: dict[int, zstandard.ZstdCompressor] = {}
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+_local = _Local()
+
+
+def _compressor(level: int) -> zstandard.ZstdCompressor:
+    comp = _local.compressors.get(level)
+    if comp is None:
+        comp = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+        _local.compressors[level] = comp
+    return comp
+
+
+def compress_chunk(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
+    """Frame ``data``: zstd at ``level`` if that shrinks it, raw otherwise."""
+    view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
+    size = len(view)
+    if size > MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk of {size} bytes is too large for a frame")
+    if size:
+        packed = _compressor(level).compress(view)
+        if len(packed) < size:
+            return HEADER.pack(FLAG_ZSTD, size) + packed
+    return HEADER.pack(FLAG_RAW, size) + bytes(view)
+
+
+def frame_info(blob: bytes | memoryview) -> tuple[int, int]:
+    """(flag, declared plaintext size) of a frame, without decompressing it."""
+    if len(blob) < HEADER_SIZE:
+        raise CorruptChunkError(f"chunk frame of {len(blob)} bytes has no header")
+    flag, size = HEADER.unpack_from(blob)
+    if flag not in (FLAG_RAW, FLAG_ZSTD):
+        raise CorruptChunkError(f"unknown chunk frame flag 0x{flag:02x}")
+    return flag, size
+
+
+def decompress_chunk(blob: bytes | memoryview, expected_id: bytes | None = None) -> bytes:
+    """Plaintext of a frame made by :func:`compress_chunk`.
+
+    Raises :class:`CorruptChunkError` if the frame is truncated, has trailing
+    bytes, an unknown flag, a size other than declared, fails zstd's checksum,
+    or (when ``expected_id`` is given) does not hash to ``expected_id``.
+    """
+    view = memoryview(blob).cast("B")
+    flag, size = frame_info(view)
+    payload = view[HEADER_SIZE:]
+    if flag == FLAG_RAW:
+        if len(payload) != size:
+            raise CorruptChunkError(f"raw chunk declares {size} bytes, holds {len(payload)}")
+        out = bytes(payload)
+    else:
+        out = _unzstd(payload, size)
+    if expected_id is not None and chunk_id(out) != expected_id:
+        raise CorruptChunkError("chunk content does not match its id")
+    return out
+
+
+def _unzstd(payload: memoryview, size: int) -> bytes:
+    try:
+        framed = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise CorruptChunkError(f"bad zstd frame header: {exc}") from exc
+    if framed != size:
+        raise CorruptChunkError(f"zstd frame holds {framed} bytes, header declares {size}")
+    dobj = _local.decompressor.decompressobj(write_size=max(size, 1))
+    try:
+        out = dobj.decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise CorruptChunkError(f"corrupt zstd chunk: {exc}") from exc
+    if not dobj.eof:
+        raise CorruptChunkError("truncated zstd chunk")
+    if dobj.unused_data:
+        raise CorruptChunkError(f"{len(dobj.unused_data)} stray bytes after zstd chunk")
+    if len(out) != size:
+        raise CorruptChunkError(f"zstd chunk gave {len(out)} bytes, header declares {size}")
+    return bytes(out)
