@@ -1,0 +1,198 @@
+"""Command line of `dpmsfs-server`: `serve` (the default) and `verify`.
+
+Operator mistakes (port in use, unreadable tokens file, missing TLS key) end in one line on
+stderr and a documented exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+from types import FrameType
+
+from remote import auth, names, server, verify
+from remote.store import DiskStore
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CORRUPT = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_LISTEN = 4
+
+EXIT_STATUS = """\
+EXIT STATUS
+  0  success (serve: stopped by SIGINT/SIGTERM; verify: every record sound)
+  1  verify found corrupt records (they were moved to DIR/quarantine)
+  2  usage error
+  3  configuration error: data directory, tokens file or TLS files unusable
+  4  cannot listen on the address (in use, not permitted, not a local address)
+"""
+
+
+class CliError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dpmsfs-server",
+        description="Serve a dpmsfs object store over HTTP(S). "
+        "Subcommand: `dpmsfs-server verify --data DIR` re-hashes every record.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory (created if absent)")
+    p.add_argument("--listen", default="127.0.0.1:8765", help="HOST:PORT (default %(default)s)")
+    p.add_argument(
+        "--tokens", type=Path, help="tokens file (default DIR/tokens.json, created if absent)"
+    )
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain; enables HTTPS")
+    p.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    p.add_argument(
+        "--max-object-size",
+        type=int,
+        default=server.DEFAULT_MAX_OBJECT_SIZE,
+        help="largest accepted object in bytes (default %(default)s)",
+    )
+    p.add_argument("--ready-file", type=Path, help="write {url, pid} as JSON here once listening")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _verify_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dpmsfs-server verify",
+        description="Re-hash every object and ref; move corrupt ones to DIR/quarantine so "
+        "that tools re-send them.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory")
+    p.add_argument("--namespace", help="only this namespace")
+    p.add_argument(
+        "--no-quarantine", action="store_true", help="report only; leave corrupt records"
+    )
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise CliError(EXIT_USAGE, f"--listen must be HOST:PORT, got {value!r}")
+    return host, int(port)
+
+
+def _tokens(args: argparse.Namespace) -> auth.TokenTable:
+    path: Path = args.tokens or args.data / "tokens.json"
+    if args.tokens is None and not path.exists():
+        auth.create_default(path)
+        print(f"dpmsfs-server: created an admin token in {path}", file=sys.stderr)
+    try:
+        return auth.TokenTable(path)
+    except auth.TokenFileError as exc:
+        raise CliError(EXIT_CONFIG, str(exc)) from exc
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if args.tls_cert is None and args.tls_key is None:
+        return None
+    if args.tls_cert is None:
+        raise CliError(EXIT_USAGE, "--tls-key needs --tls-cert")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(EXIT_CONFIG, f"cannot load TLS certificate/key: {exc}") from exc
+    return ctx
+
+
+def _write_ready(path: Path, url: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    address = _parse_listen(args.listen)
+    if args.max_object_size <= 0:
+        raise CliError(EXIT_USAGE, "--max-object-size must be positive")
+    store = DiskStore(args.data)
+    try:
+        store.prepare()
+    except OSError as exc:
+        raise CliError(EXIT_CONFIG, f"cannot use data directory {args.data}: {exc}") from exc
+    tokens = _tokens(args)
+    ctx = _tls(args)
+    try:
+        httpd = server.make_server(address, store, tokens, args.max_object_size, ctx)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise CliError(EXIT_LISTEN, f"cannot listen on {args.listen}: {reason}") from None
+    with httpd:
+        log.info("serving %s from %s", httpd.url, args.data)
+        if args.ready_file is not None:
+            _write_ready(args.ready_file, httpd.url)
+        signal.signal(signal.SIGTERM, _stop)
+        try:
+            httpd.serve_forever()
+        except KeyboardInterrupt:
+            log.info("stopping")
+    return EXIT_OK
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    if not (args.data / "ns").is_dir():
+        raise CliError(EXIT_CONFIG, f"{args.data} is not a dpmsfs-server data directory")
+    if args.namespace is not None and not names.is_namespace(args.namespace):
+        raise CliError(EXIT_USAGE, f"invalid namespace {args.namespace!r}")
+    store = DiskStore(args.data)
+    summary = verify.Summary()
+    for finding in verify.scrub(store, summary, args.namespace, not args.no_quarantine):
+        r = finding.record
+        where = f" -> {finding.moved_to}" if finding.moved_to else ""
+        print(f"corrupt {r.kind} {r.namespace_dir}/{r.name}: {finding.reason}{where}")
+    print(f"checked {summary.checked} records, {summary.corrupt} corrupt")
+    return EXIT_CORRUPT if summary.corrupt else EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["verify"]:
+        parser, run, argv = _verify_parser(), run_verify, argv[1:]
+    else:
+        if argv[:1] == ["serve"]:
+            argv = argv[1:]
+        parser, run = _serve_parser(), run_serve
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return run(args)
+    except CliError as exc:
+        print(f"dpmsfs-server: {exc}", file=sys.stderr)
+        return exc.code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
