@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from dpmsfs import __version__
+from dpmsfs.cli import cmd_mount, cmd_umount
 from dpmsfs.errors import EXIT_INTERRUPTED, EXIT_USAGE, DpmsError
 
-COMMANDS: list[ModuleType] = []
+COMMANDS: list[ModuleType] = [cmd_mount, cmd_umount]
 
 EXIT_STATUS_HELP = """\
 EXIT STATUS

@@ -1,0 +1,105 @@
+"""`dpmsfs mount WORKDIR`: put the work directory behind dpmsfs, at the same path."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from dpmsfs import mountinfo
+from dpmsfs.errors import UnavailableError
+from dpmsfs.fs.mount import MountOptions, check_fuse_available, check_workdir, serve
+
+log = logging.getLogger(__name__)
+
+MOUNT_WAIT_SECONDS = 30.0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "mount",
+        help="mount dpmsfs over a work directory",
+        description="Mount dpmsfs over WORKDIR itself: programs keep using the same path.",
+    )
+    parser.add_argument("workdir", metavar="WORKDIR", help="the work directory to protect")
+    parser.add_argument(
+        "--foreground",
+        action="store_true",
+        help="stay in the foreground (for systemd); default: detach once mounted",
+    )
+    parser.add_argument(
+        "--log-file",
+        help="where a detached daemon logs (default: /var/log/dpmsfs/<workdir>.log)",
+    )
+    parser.add_argument(
+        "--fd-budget",
+        type=int,
+        default=4096,
+        help="directory descriptors kept open at most (default: 4096)",
+    )
+    parser.add_argument("--fuse-debug", action="store_true", help=argparse.SUPPRESS)
+    parser.set_defaults(run=run_mount)
+
+
+def default_log_file(workdir: Path) -> Path:
+    name = str(workdir).strip("/").replace("/", "-") or "root"
+    return Path("/var/log/dpmsfs") / f"{name}.log"
+
+
+def run_mount(args: argparse.Namespace) -> int:
+    workdir = check_workdir(args.workdir)
+    check_fuse_available()
+    if args.foreground:
+        serve(MountOptions(workdir, fd_budget=args.fd_budget, fuse_debug=args.fuse_debug))
+        return 0
+    return _spawn_daemon(args, workdir)
+
+
+def _spawn_daemon(args: argparse.Namespace, workdir: Path) -> int:
+    """Start the foreground daemon detached and wait until the mount is up."""
+    log_file = Path(args.log_file) if args.log_file else default_log_file(workdir)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "dpmsfs.cli.main",
+        "--log-level",
+        args.log_level if args.log_level != "WARNING" else "INFO",
+        "mount",
+        "--foreground",
+        "--fd-budget",
+        str(args.fd_budget),
+        str(workdir),
+    ]
+    with open(log_file, "ab") as log_stream:
+        child = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_stream,
+            stderr=log_stream,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + MOUNT_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if mountinfo.is_dpmsfs_mount(workdir):
+            print(f"dpmsfs: mounted {workdir} (pid {child.pid}, log {log_file})")
+            return 0
+        if child.poll() is not None:
+            raise UnavailableError(f"{workdir}: daemon exited: {_last_line(log_file)}")
+        time.sleep(0.05)
+    child.terminate()
+    raise UnavailableError(
+        f"{workdir}: not mounted after {MOUNT_WAIT_SECONDS:.0f} s (see {log_file})"
+    )
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"

@@ -1,0 +1,139 @@
+"""Mount a work directory over itself and serve it until unmounted or signalled.
+
+The real directory is opened (O_PATH) *before* the mount hides it, and every operation
+is served relative to that descriptor, so programs keep their paths and the daemon
+keeps reaching the real files underneath.
+
+Fail-open: the mount uses `auto_unmount`, so if the daemon dies (even by SIGKILL)
+fusermount3's watchdog unmounts it and the real directory shows through again.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import logging
+import os
+import signal
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from dpmsfs import mountinfo, sdnotify
+from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
+from dpmsfs.fs.changes import ChangeSink
+from dpmsfs.fs.operations import PassthroughOperations
+
+log = logging.getLogger(__name__)
+
+# A background service runs beside the FUSE loop (ingest, snapshots, sync, status).
+Service = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    workdir: Path
+    fd_budget: int = 4096
+    fuse_debug: bool = False
+
+
+def check_workdir(path: str | os.PathLike[str]) -> Path:
+    """Resolve and validate a work directory; raise a one-line error if unusable."""
+    workdir = Path(path).absolute()
+    try:
+        st = os.stat(workdir)
+    except FileNotFoundError:
+        raise NotFoundError(f"{workdir}: no such directory") from None
+    except OSError as exc:
+        raise UsageError(f"{workdir}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{workdir}: not a directory")
+    workdir = workdir.resolve()
+    if mountinfo.is_dpmsfs_mount(workdir):
+        raise BusyError(f"{workdir}: already a dpmsfs mount")
+    return workdir
+
+
+def check_fuse_available() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise UnavailableError("FUSE is unavailable: /dev/fuse does not exist (modprobe fuse)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise UnavailableError("FUSE is unavailable: no permission to open /dev/fuse")
+
+
+def mount_options(workdir: Path, fuse_debug: bool) -> set[str]:
+    options = {
+        f"fsname=dpmsfs:{workdir}",
+        "subtype=dpmsfs",
+        "default_permissions",  # the kernel checks permissions, exactly as native
+        "allow_other",  # the equipment account is not the daemon's (root)
+        "auto_unmount",  # fail open when the daemon dies
+        "suid",  # keep native semantics: set-id programs in the work directory
+        "dev",
+    }
+    if fuse_debug:
+        options.add("debug")
+    return options
+
+
+def serve(
+    options: MountOptions,
+    sink: ChangeSink | None = None,
+    services: Sequence[Service] = (),
+    on_ready: Callable[[], None] | None = None,
+) -> None:
+    """Mount, serve until unmounted or SIGTERM/SIGINT, then unmount. Blocks."""
+    workdir = check_workdir(options.workdir)
+    check_fuse_available()
+    os.umask(0)  # modes come from the caller (the kernel applied the caller's umask)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget)
+    try:
+        pyfuse3.init(ops, str(workdir), mount_options(workdir, options.fuse_debug))
+    except RuntimeError as exc:
+        os.close(root_fd)
+        raise UnavailableError(f"{workdir}: mount failed ({exc})") from None
+    log.info("mounted %s", workdir)
+    unmounted_by_us = False
+    try:
+        unmounted_by_us = trio.run(_run, services, on_ready)
+    finally:
+        pyfuse3.close(unmount=unmounted_by_us)
+        ops.close()
+        os.close(root_fd)
+        log.info("unmounted %s", workdir)
+
+
+async def _run(services: Sequence[Service], on_ready: Callable[[], None] | None) -> bool:
+    """Run the FUSE loop and the services; True if a signal asked us to stop."""
+    stopped_by_signal = False
+
+    async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal stopped_by_signal
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                stopped_by_signal = True
+                pyfuse3.terminate()
+                return
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_signals)
+        for service in services:
+            nursery.start_soon(service)
+        if on_ready is not None:
+            on_ready()
+        sdnotify.notify("READY=1")
+        try:
+            await pyfuse3.main()
+        except OSError as exc:
+            if exc.errno != errno.ENODEV:
+                raise
+        nursery.cancel_scope.cancel()
+    return stopped_by_signal
