@@ -84,13 +84,18 @@ def serve(
     options: MountOptions,
     sink: ChangeSink | None = None,
     services: Sequence[Service] = (),
-    on_ready: Callable[[], None] | None = None,
+    on_ready: Callable[[PassthroughOperations], None] | None = None,
+    handle_signals: bool = True,
 ) -> None:
-    """Mount, serve until unmounted or SIGTERM/SIGINT, then unmount. Blocks."""
+    """Mount, serve until unmounted or SIGTERM/SIGINT, then unmount. Blocks.
+
+    `handle_signals=False` lets tests serve from a thread (signals need the main one).
+    """
     workdir = check_workdir(options.workdir)
     check_fuse_available()
     os.umask(0)  # modes come from the caller (the kernel applied the caller's umask)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    if handle_signals:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget)
     try:
@@ -101,7 +106,9 @@ def serve(
     log.info("mounted %s", workdir)
     unmounted_by_us = False
     try:
-        unmounted_by_us = trio.run(_run, services, on_ready)
+        unmounted_by_us = trio.run(
+            _run, services, (lambda: on_ready(ops)) if on_ready else None, handle_signals
+        )
     finally:
         pyfuse3.close(unmount=unmounted_by_us)
         ops.close()
@@ -109,7 +116,11 @@ def serve(
         log.info("unmounted %s", workdir)
 
 
-async def _run(services: Sequence[Service], on_ready: Callable[[], None] | None) -> bool:
+async def _run(
+    services: Sequence[Service],
+    on_ready: Callable[[], None] | None,
+    handle_signals: bool,
+) -> bool:
     """Run the FUSE loop and the services; True if a signal asked us to stop."""
     stopped_by_signal = False
 
@@ -124,7 +135,8 @@ async def _run(services: Sequence[Service], on_ready: Callable[[], None] | None)
                 return
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(watch_signals)
+        if handle_signals:
+            await nursery.start(watch_signals)
         for service in services:
             nursery.start_soon(service)
         if on_ready is not None:

@@ -102,6 +102,11 @@ class PassthroughOperations(pyfuse3.Operations):
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
 
+    @property
+    def open_file_count(self) -> int:
+        """File handles not yet released (the kernel releases after close() returns)."""
+        return len(self._files)
+
     # --- helpers ---------------------------------------------------------------------
     def _entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         entry = pyfuse3.EntryAttributes()
