@@ -148,24 +148,19 @@ class WriteTxn(ReadTxn):
         self._txn.drop(self._db._handle(table), delete=False)
 
 
-class Database:
-    """One LMDB environment with named tables.
+class _Env:
+    """One LMDB environment and its locks, shared by every `Database` on the same path.
 
-    ``tables`` are created if missing.  Another module may add its own later with
-    `declare`, which is how the journal shares the environment with the store index.
+    LMDB forbids opening one environment twice in a process (its fcntl locks would be
+    released by the second close), so a read-only `Store` beside the daemon's writer
+    shares the writer's environment.
     """
 
     def __init__(
-        self,
-        path: str,
-        tables: Iterable[str] = (),
-        map_size: int = DEFAULT_MAP_SIZE,
-        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
-        max_dbs: int = 32,
-        readonly: bool = False,
+        self, path: str, map_size: int, max_map_size: int, max_dbs: int, readonly: bool
     ) -> None:
-        self.path = path
         self.readonly = readonly
+        self.refs = 0
         self._max_map_size = max_map_size
         self._write_lock = threading.Lock()
         self._readers = threading.Condition()
@@ -189,6 +184,41 @@ class Database:
         # Never shrink below what an earlier run grew the map to (LMDB keeps the larger).
         self._map_size = int(self._env.info()["map_size"])
         self._handles: dict[str, Any] = {}
+
+
+_registry: dict[str, _Env] = {}
+_registry_lock = threading.Lock()
+
+
+class Database:
+    """One LMDB environment with named tables.
+
+    ``tables`` are created if missing.  Another module may add its own later with
+    `declare`, which is how the journal shares the environment with the store index.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        tables: Iterable[str] = (),
+        map_size: int = DEFAULT_MAP_SIZE,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
+        max_dbs: int = 32,
+        readonly: bool = False,
+    ) -> None:
+        self.path = path
+        self.readonly = readonly
+        self._closed = False
+        key = os.path.realpath(path)
+        with _registry_lock:
+            shared = _registry.get(key)
+            if shared is None:
+                shared = _registry[key] = _Env(path, map_size, max_map_size, max_dbs, readonly)
+            elif shared.readonly and not readonly:
+                raise StoreError(f"the index at {path} is already open read-only in this process")
+            shared.refs += 1
+        self._key = key
+        self._s = shared
         self.declare(*tables)
 
     # -- tables -----------------------------------------------------------------------
@@ -196,17 +226,17 @@ class Database:
     def declare(self, *tables: str) -> None:
         """Open (creating if needed) the named tables."""
         for name in tables:
-            if name in self._handles:
+            if name in self._s._handles:
                 continue
             if self.readonly:
                 try:
-                    self._handles[name] = self._env.open_db(name.encode(), create=False)
+                    self._s._handles[name] = self._s._env.open_db(name.encode(), create=False)
                 except lmdb.NotFoundError:
-                    self._handles[name] = None  # absent: reads see an empty table
+                    self._s._handles[name] = None  # absent: reads see an empty table
                 continue
-            with self._write_lock:
+            with self._s._write_lock:
                 try:
-                    self._handles[name] = self._env.open_db(name.encode(), create=True)
+                    self._s._handles[name] = self._s._env.open_db(name.encode(), create=True)
                 except lmdb.Error as exc:
                     if _is_enospc(exc):
                         raise StoreFullError(f"no space left to create table {name}") from exc
@@ -214,7 +244,7 @@ class Database:
 
     def _handle(self, table: str) -> Any:
         try:
-            handle = self._handles[table]
+            handle = self._s._handles[table]
         except KeyError:
             raise StoreError(f"table {table!r} was not declared") from None
         if handle is None:
@@ -225,20 +255,20 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[ReadTxn]:
-        with self._readers:
-            while self._resizing:
-                self._readers.wait()
-            self._active_readers += 1
+        with self._s._readers:
+            while self._s._resizing:
+                self._s._readers.wait()
+            self._s._active_readers += 1
         try:
-            txn = self._env.begin(write=False, buffers=False)
+            txn = self._s._env.begin(write=False, buffers=False)
             try:
                 yield ReadTxn(self, txn)
             finally:
                 txn.abort()
         finally:
-            with self._readers:
-                self._active_readers -= 1
-                self._readers.notify_all()
+            with self._s._readers:
+                self._s._active_readers -= 1
+                self._s._readers.notify_all()
 
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:
@@ -249,14 +279,14 @@ class Database:
         """
         if self.readonly:
             raise StoreError(f"the index at {self.path} is open read-only")
-        with self._write_lock:
+        with self._s._write_lock:
             self._ensure_headroom()
-            txn = self._env.begin(write=True, buffers=False)
+            txn = self._s._env.begin(write=True, buffers=False)
             try:
                 yield WriteTxn(self, txn)
             except lmdb.MapFullError as exc:
                 txn.abort()
-                self._grow(self._map_size * 2)
+                self._grow(self._s._map_size * 2)
                 raise MapResizedError("the index map was full and has grown: retry") from exc
             except BaseException as exc:
                 txn.abort()
@@ -266,7 +296,7 @@ class Database:
             try:
                 txn.commit()
             except lmdb.MapFullError as exc:
-                self._grow(self._map_size * 2)
+                self._grow(self._s._map_size * 2)
                 raise MapResizedError("the index map was full and has grown: retry") from exc
             except lmdb.Error as exc:
                 if _is_enospc(exc, self.path):
@@ -282,10 +312,10 @@ class Database:
                 with self.write() as txn:
                     return body(txn)
             except MapResizedError:
-                log.info("index map grew to %d bytes (attempt %d)", self._map_size, attempt + 1)
+                log.info("index map grew to %d bytes (attempt %d)", self._s._map_size, attempt + 1)
         raise StoreFullError(
             f"a single transaction does not fit in the index map at {self.path} "
-            f"({self._map_size} bytes)"
+            f"({self._s._map_size} bytes)"
         )
 
     # -- map size -----------------------------------------------------------------------
@@ -296,38 +326,46 @@ class Database:
         Called with the write lock held.  Growing ahead means the in-transaction
         `MapResizedError` path is rare.
         """
-        info = self._env.info()
-        stat = self._env.stat()
+        info = self._s._env.info()
+        stat = self._s._env.stat()
         used = (int(info["last_pgno"]) + 1) * int(stat["psize"])
-        free = self._map_size - used
-        if free < max(self._map_size // 4, _MIN_HEADROOM):
-            self._grow(max(self._map_size * 2, used + 4 * _MIN_HEADROOM))
+        free = self._s._map_size - used
+        if free < max(self._s._map_size // 4, _MIN_HEADROOM):
+            self._grow(max(self._s._map_size * 2, used + 4 * _MIN_HEADROOM))
 
     def _grow(self, new_size: int) -> None:
         """Resize the map; the caller holds the write lock and no write txn is open."""
-        new_size = min(new_size, self._max_map_size)
-        if new_size <= self._map_size:
+        new_size = min(new_size, self._s._max_map_size)
+        if new_size <= self._s._map_size:
             raise StoreFullError(
-                f"the index at {self.path} reached its maximum size ({self._max_map_size} bytes)"
+                f"the index at {self.path} reached its maximum size ({self._s._max_map_size} bytes)"
             )
-        with self._readers:
-            self._resizing = True
+        with self._s._readers:
+            self._s._resizing = True
             try:
-                while self._active_readers:
-                    self._readers.wait()
-                self._env.set_mapsize(new_size)
+                while self._s._active_readers:
+                    self._s._readers.wait()
+                self._s._env.set_mapsize(new_size)
             finally:
-                self._resizing = False
-                self._readers.notify_all()
-        log.info("index map at %s grown from %d to %d bytes", self.path, self._map_size, new_size)
-        self._map_size = new_size
+                self._s._resizing = False
+                self._s._readers.notify_all()
+        old = self._s._map_size
+        log.info("index map at %s grown from %d to %d bytes", self.path, old, new_size)
+        self._s._map_size = new_size
 
     @property
     def map_size(self) -> int:
-        return self._map_size
+        return self._s._map_size
 
     def file_size(self) -> int:
         return os.path.getsize(os.path.join(self.path, "data.mdb"))
 
     def close(self) -> None:
-        self._env.close()
+        if self._closed:
+            return
+        self._closed = True
+        with _registry_lock:
+            self._s.refs -= 1
+            if self._s.refs == 0:
+                del _registry[self._key]
+                self._s._env.close()

@@ -1,0 +1,107 @@
+"""Database: the generic LMDB wrapper (tables, ranges, map growth)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dpmsfs.store.db import Database, MapResizedError, WriteTxn
+
+
+def test_put_get_delete_count(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["a", "b"])
+    with db.write() as txn:
+        txn.put("a", b"k1", b"v1")
+        assert txn.put("a", b"k1", b"other", overwrite=False) is False
+        txn.put("b", b"k1", b"b-side")
+    with db.read() as txn:
+        assert txn.get("a", b"k1") == b"v1"
+        assert txn.get("b", b"k1") == b"b-side"
+        assert txn.count("a") == 1
+    with db.write() as txn:
+        assert txn.delete("a", b"k1")
+        assert not txn.delete("a", b"k1")
+    with db.read() as txn:
+        assert txn.get("a", b"k1") is None
+    db.close()
+
+
+def test_aborted_on_exception(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["a"])
+    with pytest.raises(RuntimeError), db.write() as txn:
+        txn.put("a", b"k", b"v")
+        raise RuntimeError("boom")
+    with db.read() as txn:
+        assert txn.get("a", b"k") is None
+    db.close()
+
+
+def test_cursor_range(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["t"])
+    keys = [bytes([i]) for i in range(0, 100, 10)]
+    with db.write() as txn:
+        for k in keys:
+            txn.put("t", k, k * 2)
+    with db.read() as txn:
+        assert [k for k, _ in txn.cursor_range("t")] == keys
+        assert [k for k, _ in txn.cursor_range("t", bytes([15]), bytes([50]))] == keys[2:5]
+        assert [k for k, _ in txn.cursor_range("t", reverse=True)] == keys[::-1]
+        got = [k for k, _ in txn.cursor_range("t", bytes([15]), bytes([50]), reverse=True)]
+        assert got == keys[2:5][::-1]
+        got = [k for k, _ in txn.cursor_range("t", b"", bytes([200]), reverse=True)]
+        assert got == keys[::-1]
+        assert list(txn.cursor_range("t", bytes([200]))) == []
+        assert dict(txn.cursor_range("t"))[bytes([10])] == bytes([10]) * 2
+    db.close()
+
+
+def test_map_grows_on_demand(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["t"], map_size=1 << 20)
+
+    def put_one_mib(txn: WriteTxn) -> None:
+        for _ in range(256):
+            txn.put("t", os.urandom(16), bytes(4096))
+
+    for _ in range(8):
+        # 1 MiB per transaction: as much as the initial map, so growth must happen
+        db.transact(put_one_mib)
+    with db.read() as txn:
+        assert txn.count("t") == 8 * 256
+    assert db.map_size > 1 << 20
+    db.close()
+
+
+def test_map_full_in_with_block_asks_for_retry(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["t"], map_size=1 << 20)
+    with pytest.raises(MapResizedError), db.write() as txn:
+        for _ in range(64 << 10):
+            txn.put("t", os.urandom(16), bytes(1024))
+    db.close()
+
+
+def test_readers_and_writer_threads(tmp_path: Path) -> None:
+    db = Database(str(tmp_path / "db"), ["t"], map_size=1 << 20)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                with db.read() as txn:
+                    txn.count("t")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(20):
+        db.transact(lambda txn: [txn.put("t", os.urandom(16), bytes(8192)) for _ in range(64)])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    db.close()
