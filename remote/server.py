@@ -35,6 +35,7 @@ MAX_JSON_SIZE = 16 << 20
 MAX_MISSING_KEYS = 100_000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1_000
+DRAIN_LIMIT = 256 << 20  # refused bodies up to this size are read and dropped, not reset
 _DISK_FULL_WINERRORS = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
 
 
@@ -161,6 +162,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(exc.status, {"error": exc.code, "message": exc.message}, exc.headers)
         except (objfile.ShortBody, TimeoutError, ConnectionError) as exc:
             log.info("%s: upload aborted: %s", self.address_string(), exc)
+            self._body_read = True
             self.close_connection = True
         except OSError as exc:
             if is_disk_full(exc):
@@ -174,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send_json(500, {"error": "internal", "message": "internal server error"})
         finally:
             if self._has_unread_body():
-                self.close_connection = True
+                self._drain_or_close()
 
     def _has_unread_body(self) -> bool:
         if getattr(self, "_body_read", True) or self.headers is None:
@@ -183,6 +185,33 @@ class Handler(BaseHTTPRequestHandler):
             self.headers.get("Content-Length", "0").strip() not in ("", "0")
             or "Transfer-Encoding" in self.headers
         )
+
+    def _drainable(self) -> bool:
+        raw = self.headers.get("Content-Length", "")
+        return "Transfer-Encoding" not in self.headers and raw.isdigit() and int(raw) <= DRAIN_LIMIT
+
+    def _drain_or_close(self) -> None:
+        """Read and drop a body we refused, so the client sees our answer, not a reset.
+
+        Closing a socket with unread data makes the kernel send RST, which can destroy the
+        error response (413, 401, ...) before the client reads it; a client that then sees a
+        connection error would retry a request that can never succeed.
+        """
+        self._body_read = True
+        if not self._drainable():
+            self.close_connection = True
+            return
+        remaining = int(self.headers["Content-Length"])
+        try:
+            while remaining > 0:
+                piece = self.rfile.read(min(remaining, 1 << 20))
+                if not piece:
+                    break
+                remaining -= len(piece)
+        except OSError:
+            remaining = 1
+        if remaining:
+            self.close_connection = True
 
     def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
         body = json.dumps(obj).encode("utf-8")
@@ -196,7 +225,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
-        if self._has_unread_body():
+        if self._has_unread_body() and not self._drainable():
             self.close_connection = True  # an unread body would be parsed as a request
         if self.close_connection:
             self.send_header("Connection", "close")
