@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN = "admin-" + secrets.token_hex(16)
 TOOL_A = "toola-" + secrets.token_hex(16)
 TOOL_B = "toolb-" + secrets.token_hex(16)
+TOOL_ANY = "toolany-" + secrets.token_hex(16)  # a tool role over every namespace
 NS_A = "toola"
 NS_B = "toolb"
 
@@ -36,6 +37,7 @@ def write_tokens(path: Path) -> Path:
             ADMIN: {"role": "admin", "namespaces": "*"},
             TOOL_A: {"role": "tool", "namespaces": [NS_A]},
             TOOL_B: {"role": "tool", "namespaces": [NS_B]},
+            TOOL_ANY: {"role": "tool", "namespaces": "*"},
         }
     }
     path.write_text(json.dumps(doc), encoding="utf-8")
