@@ -68,7 +68,8 @@ class HttpBackend:
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
         self._session.headers["User-Agent"] = "dpmsfs-remote/0.1"
-        self._session.verify = tls_verify
+        # Passed per request: a session-level `verify` loses to REQUESTS_CA_BUNDLE in requests.
+        self.tls_verify = tls_verify
         adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=pool_size)
         self._session.mount("http://", adapter)
         self._session.mount("https://", adapter)
@@ -96,7 +97,9 @@ class HttpBackend:
         for i in order:
             url = self.urls[i] + path
             try:
-                resp = self._session.request(method, url, timeout=self.timeout, **kwargs)
+                resp = self._session.request(
+                    method, url, timeout=self.timeout, verify=self.tls_verify, **kwargs
+                )
             except (requests.ConnectionError, requests.Timeout) as exc:
                 failures.append(f"{self.urls[i]}: {type(exc).__name__}")
                 log.debug("%s %s failed: %s", method, url, exc)

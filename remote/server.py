@@ -269,8 +269,14 @@ class Handler(BaseHTTPRequestHandler):
         try:
             result = objfile.receive(store.tmp_dir, self.rfile.read, length, claimed)
         except objfile.BodyMismatch as exc:
-            self._body_read = True
+            self._body_read = True  # mismatch is only known once the whole body is in
             raise ApiError(422, "hash_mismatch", str(exc)) from exc
+        except BaseException:
+            # Stopped somewhere inside the body (e.g. ENOSPC): the stream position is
+            # unknown, so this connection cannot carry another request.
+            self._body_read = True
+            self.close_connection = True
+            raise
         self._body_read = True
         return result
 
