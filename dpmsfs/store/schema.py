@@ -28,10 +28,6 @@ Tables
     sorts chronologically.  Value: JSON of `SnapshotRecord` (small, rare, and meant to be
     read by people debugging a store).
     Invariant: the root tree is in ``objects`` before the record is written.
-
-``verify_scratch``
-    Scratch space for `verify`; emptied at the start and end of every run.  Key: 16-byte
-    id; value: 1 byte (reserved for a future on-disk "seen" set).
 """
 
 from __future__ import annotations
@@ -47,8 +43,7 @@ T_META = "meta"
 T_OBJECTS = "objects"
 T_PACKS = "packs"
 T_SNAPSHOTS = "snapshots"
-T_VERIFY_SCRATCH = "verify_scratch"
-ALL_TABLES = (T_META, T_OBJECTS, T_PACKS, T_SNAPSHOTS, T_VERIFY_SCRATCH)
+ALL_TABLES = (T_META, T_OBJECTS, T_PACKS, T_SNAPSHOTS)
 
 META_FORMAT_VERSION = b"format_version"  # value: >I
 META_STORE_ID = b"store_id"  # value: ASCII (32 hex digits unless given at creation)
