@@ -116,7 +116,7 @@ def inprocess(tmp_path: Path) -> Iterator[tuple[ApiServer, str]]:
     store = DiskStore(tmp_path / "data")
     store.prepare()
     httpd = make_server(("127.0.0.1", 0), store, auth.TokenTable(tokens))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield httpd, token
