@@ -37,7 +37,10 @@ from remote.retry import Retrier
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# Keys per `objects:missing` request. With `verify=1` the server re-reads every key it holds,
+# so batches stay small enough (~1000 chunks) to answer well within the read timeout.
 MISSING_BATCH = 10_000
+MISSING_BATCH_VERIFIED = 1_000
 
 
 class HttpBackend:
@@ -163,8 +166,9 @@ class HttpBackend:
         params = {"verify": "1"} if self.verify_missing else {}
         path = self._ns("objects:missing")
         result: Keys = []
-        for start in range(0, len(keys), MISSING_BATCH):
-            batch = list(keys[start : start + MISSING_BATCH])
+        step = MISSING_BATCH_VERIFIED if self.verify_missing else MISSING_BATCH
+        for start in range(0, len(keys), step):
+            batch = list(keys[start : start + step])
             ask = functools.partial(
                 self._call, "missing", "POST", path, (200,), json=batch, params=params
             )
