@@ -43,6 +43,15 @@ def scrub(
         summary.checked += 1
         if reason is None:
             continue
+        moved = None
+        if quarantine:
+            # A tool may have re-sent the object while we hashed it (the server then replaced
+            # the corrupt copy): look again right before moving so a healed record stays.
+            try:
+                if objfile.verify_file(record.path) is None:
+                    continue
+            except FileNotFoundError:
+                continue
+            moved = store.quarantine(record, reason)
         summary.corrupt += 1
-        moved = store.quarantine(record, reason) if quarantine else None
         yield Finding(record, reason, moved)
