@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from dpmsfs import mountinfo
+from dpmsfs import config, daemon, mountinfo
 from dpmsfs.errors import UnavailableError
-from dpmsfs.fs.mount import MountOptions, check_fuse_available, check_workdir, serve
+from dpmsfs.fs.mount import check_fuse_available, check_workdir
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +35,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="where a detached daemon logs (default: /var/log/dpmsfs/<workdir>.log)",
     )
     parser.add_argument(
+        "--store",
+        help="where versions are kept (default: config, then /var/lib/dpmsfs/stores/<workdir>)",
+    )
+    parser.add_argument("--config", help="configuration file (default: /etc/dpmsfs/<workdir>.toml)")
+    parser.add_argument("--tool-id", help="this tool's name in snapshots (default: host name)")
+    parser.add_argument(
         "--fd-budget",
         type=int,
-        default=4096,
+        default=None,
         help="directory descriptors kept open at most (default: 4096)",
     )
-    parser.add_argument("--fuse-debug", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-capture",
+        action="store_true",
+        help="passthrough only, no versioning (for measuring the mount alone)",
+    )
     parser.set_defaults(run=run_mount)
 
 
@@ -52,14 +62,22 @@ def default_log_file(workdir: Path) -> Path:
 def run_mount(args: argparse.Namespace) -> int:
     workdir = check_workdir(args.workdir)
     check_fuse_available()
+    cfg = config.load(
+        workdir,
+        Path(args.config) if args.config else None,
+        store=args.store,
+        tool_id=args.tool_id,
+        fd_budget=args.fd_budget,
+    )
     if args.foreground:
-        serve(MountOptions(workdir, fd_budget=args.fd_budget, fuse_debug=args.fuse_debug))
+        daemon.run(cfg, capture=not args.no_capture)
         return 0
-    return _spawn_daemon(args, workdir)
+    return _spawn_daemon(args, cfg)
 
 
-def _spawn_daemon(args: argparse.Namespace, workdir: Path) -> int:
+def _spawn_daemon(args: argparse.Namespace, cfg: config.Config) -> int:
     """Start the foreground daemon detached and wait until the mount is up."""
+    workdir = cfg.workdir
     log_file = Path(args.log_file) if args.log_file else default_log_file(workdir)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     command = [
@@ -71,7 +89,13 @@ def _spawn_daemon(args: argparse.Namespace, workdir: Path) -> int:
         "mount",
         "--foreground",
         "--fd-budget",
-        str(args.fd_budget),
+        str(cfg.fd_budget),
+        "--store",
+        str(cfg.store),
+        "--tool-id",
+        cfg.tool_id,
+        *(["--config", args.config] if args.config else []),
+        *(["--no-capture"] if args.no_capture else []),
         str(workdir),
     ]
     with open(log_file, "ab") as log_stream:

@@ -14,10 +14,24 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from dpmsfs import __version__
-from dpmsfs.cli import cmd_mount, cmd_umount
+from dpmsfs.cli import (
+    cmd_mount,
+    cmd_snapshot,
+    cmd_snapshots,
+    cmd_status,
+    cmd_umount,
+    cmd_verify,
+)
 from dpmsfs.errors import EXIT_INTERRUPTED, EXIT_USAGE, DpmsError
 
-COMMANDS: list[ModuleType] = [cmd_mount, cmd_umount]
+COMMANDS: list[ModuleType] = [
+    cmd_mount,
+    cmd_umount,
+    cmd_status,
+    cmd_snapshot,
+    cmd_snapshots,
+    cmd_verify,
+]
 
 EXIT_STATUS_HELP = """\
 EXIT STATUS

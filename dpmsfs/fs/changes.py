@@ -23,7 +23,8 @@ class ChangeKind(enum.Enum):
     CLOSE_WRITE = "close_write"  # the last reference to a handle that wrote was released
     TRUNCATE = "truncate"  # size changed by setattr
     SETATTR = "setattr"  # mode, owner or times changed
-    RENAME = "rename"  # old_path moved to path (for RENAME_EXCHANGE: both moved)
+    RENAME = "rename"  # old_path moved to path
+    EXCHANGE = "exchange"  # RENAME_EXCHANGE: old_path and path swapped
     LINK = "link"  # path is a new hard link to old_path
     UNLINK = "unlink"
     MKDIR = "mkdir"

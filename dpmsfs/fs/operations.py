@@ -409,8 +409,7 @@ class PassthroughOperations(pyfuse3.Operations):
             if dst is not None:
                 self.inodes.moved(dst, old_parent, name_old)
             if old_path is not None and new_path is not None:
-                self.sink.record(ChangeKind.RENAME, new_path, old_path)
-                self.sink.record(ChangeKind.RENAME, old_path, new_path)
+                self.sink.record(ChangeKind.EXCHANGE, new_path, old_path)
             return
 
         replaced = None

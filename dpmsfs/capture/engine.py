@@ -1,0 +1,391 @@
+"""The versioning engine of one mount: journal flushing, ingest, snapshots, status.
+
+Runs as trio tasks beside the FUSE loop. Everything heavy (LMDB writes, reading and
+chunking files, building trees) runs on worker threads, so the FUSE handlers only ever
+pay for the change hook's list append.
+
+Every writer of the capture tables (journal flush, ingest commit, scan, snapshot) holds
+`write_lock` for its transaction: the state they read stays the state they write.
+
+Failures of the store (full or failing disk) pause capture, with the reason visible in
+the status, and capture resumes by itself: the equipment software is never affected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import trio
+
+from dpmsfs.capture import ingest, snapshotter, state
+from dpmsfs.capture.journal import ChangeJournal
+from dpmsfs.capture.scan import ScanProgress, scan
+from dpmsfs.capture.state import FileState, JournalEntry, Pending
+from dpmsfs.clock import Clock
+from dpmsfs.config import Config, is_excluded
+from dpmsfs.store.db import WriteTxn
+from dpmsfs.store.errors import StoreError, StoreFullError
+from dpmsfs.store.snapshots import SnapshotRecord
+from dpmsfs.store.store import Store
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL = 0.5
+INGEST_POLL = 0.5
+BATCH_PATHS = 256
+PAUSE_RETRY_SECONDS = 10.0
+
+
+@dataclass
+class CaptureStatus:
+    paused_reason: str = ""
+    last_captured_path: str = ""
+    last_captured_ns: int = 0
+    captured_files: int = 0
+    captured_bytes: int = 0
+    new_bytes: int = 0
+    unstable_retries: int = 0
+    errors: int = 0
+    last_error: str = ""
+    last_snapshot: str = ""
+
+
+class _Work(NamedTuple):
+    key: bytes
+    path: bytes | None
+    entry: JournalEntry
+    previous: FileState | None
+
+
+class CaptureEngine:
+    def __init__(self, config: Config, store: Store, clock: Clock) -> None:
+        self.config = config
+        self.store = store
+        self.db = store.db
+        self.db.declare(*state.ALL_TABLES)
+        self.clock = clock
+        # The real directory, opened before the mount hides it.
+        self.root_fd = os.open(config.workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.write_lock = threading.Lock()
+        self.journal = ChangeJournal(self.db, clock)
+        self.status = CaptureStatus()
+        self.scan_progress = ScanProgress()
+        self._limiter = trio.CapacityLimiter(max(1, config.ingest_threads))
+        self._wake_ingest = trio.Event()
+        self._force_until_seq = 0  # ingest everything up to this seq without waiting
+        self._ingest_idle = trio.Event()
+        self._changed_since_snapshot = True
+        self._snapshot_lock = trio.Lock()
+        self._last_snapshot_time = clock.monotonic()
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+    # --- the service -----------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._supervise, self._flush_loop)
+                nursery.start_soon(self._supervise, self._ingest_loop)
+                nursery.start_soon(self._supervise, self._snapshot_loop)
+                nursery.start_soon(self._supervise, self._scan_at_start)
+        finally:
+            # Unmounting: make the last events durable (the restart scan is the net).
+            with trio.CancelScope(shield=True):
+                try:
+                    await trio.to_thread.run_sync(self._flush_journal)
+                except StoreError as exc:
+                    log.warning("last journal flush failed (%s); the next scan will catch up", exc)
+
+    async def _supervise(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop; a bug in it pauses capture and restarts it, never unmounts."""
+        while True:
+            try:
+                await loop()
+                return
+            except Exception as exc:
+                log.exception("internal error in %s; restarting it", loop.__name__)
+                self.status.errors += 1
+                self.status.last_error = f"internal error in {loop.__name__}: {exc!r}"
+                self._pause(self.status.last_error)
+                await trio.sleep(PAUSE_RETRY_SECONDS)
+
+    async def _scan_at_start(self) -> None:
+        await self._run_scan(b"")
+
+    async def _run_scan(self, start: bytes) -> None:
+        while True:
+            try:
+                found = await trio.to_thread.run_sync(self._scan, start)
+                log.info("reconciliation scan of %r: %d differences", start, found)
+                self._wake_ingest.set()
+                return
+            except StoreError as exc:
+                self._pause(f"scan: {exc}")
+                await trio.sleep(PAUSE_RETRY_SECONDS)
+
+    def _scan(self, start: bytes) -> int:
+        return scan(
+            self.root_fd,
+            self.db,
+            self.clock,
+            self.config.exclude,
+            start,
+            self.scan_progress,
+            self.write_lock,
+        )
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await trio.sleep(FLUSH_INTERVAL)
+            if self.journal.rescan_needed:
+                self.journal.rescan_needed = False
+                await self._run_scan(b"")
+            if not self.journal.buffered:
+                continue
+            try:
+                count = await trio.to_thread.run_sync(self._flush_journal)
+            except StoreError as exc:
+                self._pause(f"journal: {exc}")
+                await trio.sleep(PAUSE_RETRY_SECONDS)
+                continue
+            if count:
+                self._changed_since_snapshot = True
+                self._wake_ingest.set()
+
+    def _flush_journal(self) -> int:
+        with self.write_lock:
+            return self.journal.flush()
+
+    def _pause(self, reason: str) -> None:
+        if self.status.paused_reason != reason:
+            log.warning("capture paused: %s", reason)
+        self.status.paused_reason = reason
+
+    def _resume(self) -> None:
+        if self.status.paused_reason:
+            log.warning("capture resumed (was: %s)", self.status.paused_reason)
+        self.status.paused_reason = ""
+
+    # --- ingest ----------------------------------------------------------------------
+    def _ready(self, entry: JournalEntry, now_ns: int) -> bool:
+        if entry.seq <= self._force_until_seq:
+            return True
+        if entry.flags & Pending.CLOSED:
+            return True
+        quiet = now_ns - entry.last_ns >= self.config.quiet_seconds * 1e9
+        overdue = now_ns - entry.first_ns >= self.config.max_delay_seconds * 1e9
+        return quiet or overdue
+
+    def _select_batch(self) -> list[_Work]:
+        """Up to BATCH_PATHS ready journal entries, with their paths and previous states."""
+        now_ns = self.clock.now_ns()
+        batch = []
+        with self.db.read() as txn:
+            for key, entry in state.iter_pending(txn):
+                if not self._ready(entry, now_ns):
+                    continue
+                path = state.key_path(txn, key)
+                batch.append(_Work(key, path, entry, state.get_state(txn, key)))
+                if len(batch) >= BATCH_PATHS:
+                    break
+        return batch
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            with trio.move_on_after(INGEST_POLL):
+                await self._wake_ingest.wait()
+            self._wake_ingest = trio.Event()
+            while True:
+                try:
+                    batch = await trio.to_thread.run_sync(self._select_batch)
+                    if not batch:
+                        break
+                    await self._ingest_batch(batch)
+                    self._resume()
+                except StoreError as exc:
+                    self._pause(str(exc))
+                    await trio.sleep(PAUSE_RETRY_SECONDS)
+            self._ingest_idle.set()
+            self._ingest_idle = trio.Event()
+
+    async def _ingest_batch(self, batch: list[_Work]) -> None:
+        outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
+        now_ns = self.clock.now_ns()
+
+        async def one(work: _Work) -> None:
+            path = work.path
+            if path is None or any(
+                is_excluded(part, self.config.exclude) for part in path.split(b"/")
+            ):
+                outcomes.append((work, ingest.Gone()))
+                return
+            reuse = not work.entry.flags & Pending.CONTENT
+            try:
+                outcome: ingest.Outcome | None = await trio.to_thread.run_sync(
+                    ingest.capture, self.root_fd, path, self.store, work.previous, reuse, now_ns,
+                    limiter=self._limiter,
+                )  # fmt: skip
+            except StoreError:
+                raise
+            except OSError as exc:
+                self.status.errors += 1
+                self.status.last_error = f"{os.fsdecode(path)}: {exc.strerror}"
+                log.warning("cannot capture %s: %s", os.fsdecode(path), exc)
+                outcome = None
+            outcomes.append((work, outcome))
+
+        async with trio.open_nursery() as nursery:
+            for work in batch:
+                nursery.start_soon(one, work)
+        await trio.to_thread.run_sync(self._commit_batch, outcomes)
+
+    def _commit_batch(self, outcomes: list[tuple[_Work, ingest.Outcome | None]]) -> None:
+        now_ns = self.clock.now_ns()
+
+        def body(txn: WriteTxn) -> None:
+            for work, outcome in outcomes:
+                current = state.get_pending(txn, work.key)
+                if current is None or current.seq != work.entry.seq:
+                    continue  # changed or moved meanwhile: it will be captured again
+                if isinstance(outcome, ingest.Captured):
+                    state.put_state(txn, work.key, outcome.state)
+                    txn.delete(state.T_JOURNAL, work.key)
+                    self.status.captured_files += 1
+                    self.status.captured_bytes += outcome.read_bytes
+                    self.status.new_bytes += outcome.new_bytes
+                    self.status.last_captured_path = os.fsdecode(work.path or b"")
+                    self.status.last_captured_ns = now_ns
+                elif isinstance(outcome, ingest.Gone):
+                    state.delete_entry(txn, work.key)
+                    txn.delete(state.T_JOURNAL, work.key)
+                else:
+                    # Unstable or failed: wait for quiet again before the next try.
+                    if isinstance(outcome, ingest.Unstable):
+                        self.status.unstable_retries += 1
+                    flags = current.flags & ~Pending.CLOSED
+                    if work.entry.seq <= self._force_until_seq:
+                        flags |= Pending.CLOSED
+                    retry = current._replace(flags=flags, last_ns=now_ns)
+                    txn.put(state.T_JOURNAL, work.key, state.encode_journal(retry))
+
+        with self.write_lock:
+            self.store.flush()  # chunks indexed before any state refers to them
+            self.db.transact(body)
+        self._changed_since_snapshot = True
+
+    # --- snapshots -------------------------------------------------------------------
+    async def _snapshot_loop(self) -> None:
+        interval = self.config.snapshot_interval_minutes * 60
+        while True:
+            await trio.sleep(min(interval, 30.0))
+            due = self.clock.monotonic() - self._last_snapshot_time >= interval
+            if due and self._changed_since_snapshot and not self.scan_progress.running:
+                try:
+                    await self.snapshot(label="", wait_for_pending=False)
+                except StoreError as exc:
+                    self._pause(f"snapshot: {exc}")
+
+    async def snapshot(self, label: str = "", wait_for_pending: bool = True) -> SnapshotRecord:
+        """Take a snapshot; first capture everything pending now (unless told not to)."""
+        async with self._snapshot_lock:
+            if wait_for_pending:
+                await self.drain()
+            self._changed_since_snapshot = False
+            record = await trio.to_thread.run_sync(
+                lambda: snapshotter.take_snapshot(
+                    self.db, self.store, self.clock, self.write_lock, label, self.config.tool_id
+                )
+            )
+            self._last_snapshot_time = self.clock.monotonic()
+            self.status.last_snapshot = record.name
+            return record
+
+    async def drain(self) -> None:
+        """Return once every change recorded before this call is captured (or has failed)."""
+        while self.scan_progress.running:
+            await trio.sleep(0.1)
+        await trio.to_thread.run_sync(self._flush_journal)
+        with self.db.read() as txn:
+            self._force_until_seq = state.last_seq(txn)
+        while True:
+            with self.db.read() as txn:
+                remaining = [
+                    e for _, e in state.iter_pending(txn) if e.seq <= self._force_until_seq
+                ]
+            if not remaining:
+                return
+            if self.status.paused_reason:
+                raise StoreFullError(f"capture is paused: {self.status.paused_reason}")
+            self._wake_ingest.set()
+            await self._ingest_idle.wait()
+
+    # --- status ----------------------------------------------------------------------
+    def status_report(self) -> dict[str, Any]:
+        with self.db.read() as txn:
+            pending = state.pending_count(txn)
+            files, total_bytes = state.totals(txn)
+        stats = self.store.stats()
+        snapshots = self.status.last_snapshot or _last_snapshot_name(self.store)
+        progress = self.scan_progress
+        return {
+            "workdir": str(self.config.workdir),
+            "store": str(self.config.store),
+            "tool_id": self.config.tool_id,
+            "capture": "paused" if self.status.paused_reason else "running",
+            "paused_reason": self.status.paused_reason,
+            "pending_files": pending + self.journal.buffered,
+            "pending_bytes": self._pending_bytes(),
+            "captured_files": files,
+            "captured_bytes": total_bytes,
+            "last_captured_path": self.status.last_captured_path,
+            "last_captured_ns": self.status.last_captured_ns,
+            "last_snapshot": snapshots,
+            "import": {
+                "running": progress.running,
+                "directories": progress.directories,
+                "entries": progress.entries,
+                "differences": progress.differences,
+                "bytes_seen": progress.bytes_seen,
+            },
+            "errors": self.status.errors,
+            "last_error": self.status.last_error,
+            "unstable_retries": self.status.unstable_retries,
+            "store_objects": stats.objects,
+            "store_bytes": stats.stored_bytes,
+            "store_raw_bytes": stats.raw_bytes,
+        }
+
+    def _pending_bytes(self, limit: int = 10_000) -> int:
+        """Sizes of pending files now (the first `limit` of them)."""
+        total = 0
+        with self.db.read() as txn:
+            for count, (key, _) in enumerate(state.iter_pending(txn)):
+                path = state.key_path(txn, key)
+                if count >= limit:
+                    break
+                if path is None:
+                    continue
+                try:
+                    parent_fd, name = ingest.open_parent(self.root_fd, path)
+                except OSError:
+                    continue
+                try:
+                    total += os.stat(name, dir_fd=parent_fd, follow_symlinks=False).st_size
+                except OSError:
+                    pass
+                finally:
+                    os.close(parent_fd)
+        return total
+
+
+def _last_snapshot_name(store: Store) -> str:
+    last = ""
+    for record in store.list_snapshots():
+        last = record.name
+    return last

@@ -1,0 +1,232 @@
+"""Capture one path of the real work directory into the store.
+
+Runs on worker threads, never on the FUSE loop: reading, chunking, hashing and
+compressing release the GIL, so two threads use two cores. The work directory is
+reached through the daemon's descriptor of the real directory, one component at a
+time with O_NOFOLLOW: a path from the journal can never lead outside it, even if a
+component was replaced by a symlink meanwhile.
+
+A file that changes while it is read (size, mtime or ctime differ before and after, or
+fewer bytes than its size) is reported `Unstable` and retried later: never stored torn.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import NamedTuple
+
+from chunker import iter_chunks
+from dpmsfs.capture.state import FileState
+from dpmsfs.store.store import Store
+from dpmsfs.store.tree import EntryType, TreeEntry
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 4 << 20
+# A directory's subtree id before its first snapshot builds it (trees need exactly one).
+UNBUILT_SUBTREE = bytes(16)
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOATIME | os.O_NONBLOCK
+
+_TYPES = {
+    stat.S_IFREG: EntryType.FILE,
+    stat.S_IFDIR: EntryType.DIR,
+    stat.S_IFLNK: EntryType.SYMLINK,
+    stat.S_IFIFO: EntryType.FIFO,
+    stat.S_IFCHR: EntryType.CHARDEV,
+    stat.S_IFBLK: EntryType.BLOCKDEV,
+    stat.S_IFSOCK: EntryType.SOCKET,
+}
+
+
+class Captured(NamedTuple):
+    state: FileState
+    new_bytes: int  # content bytes the store did not have
+    read_bytes: int
+
+
+class Gone(NamedTuple):
+    pass
+
+
+class Unstable(NamedTuple):
+    reason: str
+
+
+Outcome = Captured | Gone | Unstable
+
+
+def open_parent(root_fd: int, path: bytes) -> tuple[int, bytes]:
+    """(fd of the directory holding `path`, last component); the caller closes the fd."""
+    *dirs, name = path.split(b"/")
+    fd = os.open(b".", _DIR_FLAGS, dir_fd=root_fd)
+    try:
+        for component in dirs:
+            if component in (b"", b".", b".."):
+                raise OSError(errno.EINVAL, "bad path component", os.fsdecode(path))
+            next_fd = os.open(component, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    if name in (b"", b".", b".."):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "bad path", os.fsdecode(path))
+    return fd, name
+
+
+def entry_type(mode: int) -> EntryType:
+    return _TYPES[stat.S_IFMT(mode)]
+
+
+def make_entry(
+    name: bytes,
+    st: os.stat_result,
+    *,
+    target: bytes = b"",
+    xattrs: tuple[tuple[bytes, bytes], ...] = (),
+    content: tuple[bytes, ...] = (),
+) -> TreeEntry:
+    is_dir = stat.S_ISDIR(st.st_mode)
+    return TreeEntry(
+        name=name,
+        type=entry_type(st.st_mode),
+        mode=stat.S_IMODE(st.st_mode),
+        uid=st.st_uid,
+        gid=st.st_gid,
+        size=0 if is_dir else st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        rdev=st.st_rdev if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else 0,
+        link_key=st.st_ino if st.st_nlink > 1 and not is_dir else 0,
+        target=target,
+        xattrs=xattrs,
+        content=content,
+    )
+
+
+def _read_xattrs(fd: int) -> tuple[tuple[bytes, bytes], ...]:
+    try:
+        names = os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EBADF):
+            return ()
+        raise
+    values = []
+    for name in sorted(names):
+        try:
+            values.append((os.fsencode(name), os.getxattr(fd, name)))
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+    return tuple(values)
+
+
+def same_version(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+        b.st_ctime_ns,
+    )
+
+
+def capture(
+    root_fd: int,
+    path: bytes,
+    store: Store,
+    previous: FileState | None,
+    reuse_content: bool,
+    now_ns: int,
+) -> Outcome:
+    """Capture `path` as it is now.
+
+    `reuse_content`: the journal knows the data did not change (only metadata, or a
+    rename): keep `previous`'s content ids when inode, size and mtime still agree.
+    """
+    try:
+        parent_fd, name = open_parent(root_fd, path)
+    except FileNotFoundError:
+        return Gone()
+    except NotADirectoryError:
+        return Gone()
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return Gone()
+        mode = st.st_mode
+        if stat.S_ISLNK(mode):
+            target = os.readlink(name, dir_fd=parent_fd)
+            entry = make_entry(name, st, target=target)
+            return Captured(FileState(entry, st.st_ctime_ns, st.st_ino, now_ns), 0, 0)
+        if stat.S_ISDIR(mode):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         dir_fd=parent_fd)  # fmt: skip
+            try:
+                xattrs = _read_xattrs(fd)
+            finally:
+                os.close(fd)
+            subtree = previous.entry.content if previous is not None else (UNBUILT_SUBTREE,)
+            entry = make_entry(name, st, xattrs=xattrs, content=subtree)
+            return Captured(FileState(entry, st.st_ctime_ns, st.st_ino, now_ns), 0, 0)
+        if not stat.S_ISREG(mode):
+            entry = make_entry(name, st)
+            return Captured(FileState(entry, st.st_ctime_ns, st.st_ino, now_ns), 0, 0)
+        return _capture_file(parent_fd, name, st, store, previous, reuse_content, now_ns)
+    finally:
+        os.close(parent_fd)
+
+
+def _capture_file(
+    parent_fd: int,
+    name: bytes,
+    st: os.stat_result,
+    store: Store,
+    previous: FileState | None,
+    reuse_content: bool,
+    now_ns: int,
+) -> Outcome:
+    fd = os.open(name, _READ_FLAGS, dir_fd=parent_fd)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode) or before.st_ino != st.st_ino:
+            return Unstable("replaced while opening")
+        xattrs = _read_xattrs(fd)
+        if (
+            reuse_content
+            and previous is not None
+            and previous.entry.type == EntryType.FILE
+            and (previous.ino, previous.entry.size, previous.entry.mtime_ns)
+            == (before.st_ino, before.st_size, before.st_mtime_ns)
+        ):
+            entry = make_entry(name, before, xattrs=xattrs, content=previous.entry.content)
+            return Captured(FileState(entry, before.st_ctime_ns, before.st_ino, now_ns), 0, 0)
+        ids: list[bytes] = []
+        new_bytes = read_bytes = 0
+        offset = 0
+
+        def read(size: int) -> bytes:
+            nonlocal offset
+            data = os.pread(fd, size, offset)
+            offset += len(data)
+            return data
+
+        for chunk in iter_chunks(read, read_size=READ_SIZE):
+            chunk_id, is_new = store.write_chunk(chunk)
+            ids.append(chunk_id)
+            read_bytes += len(chunk)
+            if is_new:
+                new_bytes += len(chunk)
+        after = os.fstat(fd)
+        if not same_version(before, after) or read_bytes != after.st_size:
+            return Unstable("changed while being read")
+        entry = make_entry(name, after, xattrs=xattrs, content=tuple(ids))
+        return Captured(
+            FileState(entry, after.st_ctime_ns, after.st_ino, now_ns), new_bytes, read_bytes
+        )
+    finally:
+        os.close(fd)

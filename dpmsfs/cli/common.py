@@ -1,0 +1,49 @@
+"""What several commands share: finding a work directory's configuration and store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dpmsfs import config
+from dpmsfs.errors import NotFoundError, UsageError
+from dpmsfs.store.errors import StoreError
+from dpmsfs.store.store import Store
+
+
+def add_workdir_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "workdir", metavar="WORKDIR", nargs=None if required else "?", help="the work directory"
+    )
+    parser.add_argument("--config", help="configuration file (default: /etc/dpmsfs/<workdir>.toml)")
+    parser.add_argument("--store", help="the store (default: from the configuration)")
+
+
+def load_config(args: argparse.Namespace) -> config.Config:
+    if not args.workdir:
+        if not args.store:
+            raise UsageError("name a WORKDIR or a --store")
+        return config.Config(workdir=Path("/nonexistent"), store=Path(args.store).absolute())
+    workdir = Path(args.workdir).absolute()
+    if not workdir.is_dir():
+        raise NotFoundError(f"{workdir}: no such directory")
+    return config.load(
+        workdir.resolve(), Path(args.config) if args.config else None, store=args.store
+    )
+
+
+def open_store_readonly(cfg: config.Config) -> Store:
+    if not (cfg.store / "index").is_dir():
+        raise NotFoundError(f"no store at {cfg.store} (has this work directory been mounted?)")
+    try:
+        return Store.open(str(cfg.store), readonly=True)
+    except StoreError as exc:
+        raise UsageError(f"store {cfg.store}: {exc}") from None
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,126 @@
+"""Configuration of one mount: one TOML file, overridden by command-line options.
+
+Example (/etc/dpmsfs/data-tool.toml)::
+
+    store = "/disk2/dpmsfs/data-tool"      # default: see default_store_dir()
+    tool_id = "tester-07"                   # default: the host name
+    quiet_seconds = 5                       # capture a file this long after its last change
+    max_delay_seconds = 60                  # ... but never later than this after the first
+    snapshot_interval_minutes = 15          # periodic snapshots, when something changed
+    exclude = ["*.tmp", "core", "core.*", "*.swp"]
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from dpmsfs.errors import UsageError
+
+DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
+STATE_ROOT = Path("/var/lib/dpmsfs")
+RUN_ROOT = Path("/run/dpmsfs")
+
+
+@dataclass(frozen=True)
+class Config:
+    workdir: Path
+    store: Path
+    tool_id: str = field(default_factory=socket.gethostname)
+    quiet_seconds: float = 5.0
+    max_delay_seconds: float = 60.0
+    snapshot_interval_minutes: float = 15.0
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDES
+    ingest_threads: int = 2
+    fd_budget: int = 4096
+
+    @property
+    def name(self) -> str:
+        return instance_name(self.workdir)
+
+    @property
+    def control_socket(self) -> Path:
+        return RUN_ROOT / f"{self.name}.sock"
+
+    @property
+    def status_file(self) -> Path:
+        return RUN_ROOT / f"{self.name}.status.json"
+
+
+def instance_name(workdir: Path) -> str:
+    """A file-name-safe name for a work directory, like `systemd-escape --path`."""
+    text = str(workdir).strip("/") or "root"
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", text)
+
+
+def default_store_dir(workdir: Path) -> Path:
+    return STATE_ROOT / "stores" / instance_name(workdir)
+
+
+def _remembered_file(workdir: Path) -> Path:
+    return STATE_ROOT / "mounts" / f"{instance_name(workdir)}.json"
+
+
+def remember_store(config: Config) -> None:
+    """Record where this work directory's store is, for commands run without --store."""
+    path = _remembered_file(config.workdir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"workdir": str(config.workdir), "store": str(config.store)}))
+    os.replace(tmp, path)
+
+
+def remembered_store(workdir: Path) -> Path | None:
+    try:
+        return Path(json.loads(_remembered_file(workdir).read_text())["store"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_excluded(name: bytes, patterns: tuple[str, ...]) -> bool:
+    text = os.fsdecode(name)
+    return any(fnmatch.fnmatchcase(text, p) for p in patterns)
+
+
+def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Config:
+    """Read `config_file` (if given, or /etc/dpmsfs/<name>.toml if present), apply overrides."""
+    values: dict[str, Any] = {}
+    path = config_file or Path("/etc/dpmsfs") / f"{instance_name(workdir)}.toml"
+    if config_file is not None or path.exists():
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: configuration file not found") from None
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"{path}: cannot read configuration: {exc}") from None
+    known = {f.name for f in fields(Config)} - {"workdir"}
+    unknown = set(values) - known
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    store = Path(
+        values.pop("store", None) or remembered_store(workdir) or default_store_dir(workdir)
+    ).absolute()
+    if "exclude" in values:
+        values["exclude"] = tuple(str(p) for p in values["exclude"])
+    try:
+        config = replace(Config(workdir=workdir, store=store), **values)
+    except TypeError as exc:
+        raise UsageError(f"bad configuration: {exc}") from None
+    check_store_location(config)
+    return config
+
+
+def check_store_location(config: Config) -> None:
+    store = config.store.resolve()
+    workdir = config.workdir.resolve()
+    if store == workdir or workdir in store.parents:
+        raise UsageError(f"store {store} is inside the work directory {workdir}: refused")

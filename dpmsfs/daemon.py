@@ -1,0 +1,69 @@
+"""One mount's daemon: open the store, start the versioning engine, serve the mount.
+
+Shut down in reverse order through one ExitStack: the mount goes first (no new
+changes), then the engine, then the store is closed (its last packs flushed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any
+
+from chunker import DEFAULT_PARAMS
+from dpmsfs.capture.engine import CaptureEngine
+from dpmsfs.clock import SYSTEM_CLOCK, Clock
+from dpmsfs.config import Config, remember_store
+from dpmsfs.control import serve_control
+from dpmsfs.errors import BusyError, UnavailableError, UsageError
+from dpmsfs.fs.mount import MountOptions, Service, serve
+from dpmsfs.store.errors import StoreError, StoreLockedError
+from dpmsfs.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def open_store(config: Config) -> Store:
+    """Open the mount's store, creating it on first use."""
+    path = str(config.store)
+    identity = DEFAULT_PARAMS.identity
+    try:
+        if not os.path.isdir(path) or not os.listdir(path):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+            log.info("creating store %s", path)
+            return Store.create(path, identity)
+        return Store.open(path, identity)
+    except StoreLockedError:
+        raise BusyError(f"store {path} is in use by another dpmsfs process") from None
+    except StoreError as exc:
+        raise UsageError(f"store {path}: {exc}") from None
+    except OSError as exc:
+        raise UnavailableError(f"store {path}: {exc.strerror}") from None
+
+
+def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
+    """Serve `config.workdir` until unmounted or signalled."""
+    options = MountOptions(config.workdir, fd_budget=config.fd_budget)
+    if not capture:
+        serve(options)
+        return
+    with contextlib.ExitStack() as stack:
+        store = open_store(config)
+        remember_store(config)
+        stack.callback(store.close)
+        engine = CaptureEngine(config, store, clock)
+        stack.callback(engine.close)
+
+        async def status(_: dict[str, Any]) -> dict[str, Any]:
+            return {"status": engine.status_report()}
+
+        async def snapshot(request: dict[str, Any]) -> dict[str, Any]:
+            record = await engine.snapshot(label=str(request.get("label", "")))
+            return {"snapshot": record.name}
+
+        async def control() -> None:
+            await serve_control(config.control_socket, {"status": status, "snapshot": snapshot})
+
+        services: list[Service] = [engine.run, control]
+        serve(options, engine.journal, services)
