@@ -1,0 +1,1 @@
+"""Reading snapshots: find entries by path, read file contents, walk trees."""

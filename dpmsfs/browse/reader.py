@@ -1,0 +1,76 @@
+"""Read what a snapshot holds, straight from the store (no mount needed).
+
+Used by `.snapshots/` in the mount, by `dpmsfs log`, `diff` and `restore`, and by tests
+to check what was captured. Names come from trees, which `decode_tree` validated: a
+name is never empty, `.`, `..`, or contains `/` or NUL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from dpmsfs.errors import NotFoundError
+from dpmsfs.store.snapshots import SnapshotRecord
+from dpmsfs.store.store import Store
+from dpmsfs.store.tree import EntryType, TreeEntry, find
+
+
+class SnapshotReader:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def snapshot(self, name: str) -> SnapshotRecord:
+        if name == "latest":
+            record = None
+            for record in self.store.list_snapshots():
+                pass
+            if record is None:
+                raise NotFoundError("there are no snapshots yet")
+            return record
+        found = self.store.get_snapshot(name)
+        if found is None:
+            raise NotFoundError(f"no snapshot named {name}")
+        return found
+
+    def tree(self, tree_id: bytes) -> list[TreeEntry]:
+        return self.store.read_tree(tree_id)
+
+    def lookup(self, root_tree_id: bytes, path: bytes) -> TreeEntry | None:
+        """The entry at `path` (relative, b"" for the root: None) in a snapshot's tree."""
+        parts = [p for p in path.split(b"/") if p and p != b"."]
+        entries = self.tree(root_tree_id)
+        entry: TreeEntry | None = None
+        for index, part in enumerate(parts):
+            entry = find(entries, part)
+            if entry is None:
+                return None
+            if index < len(parts) - 1:
+                if entry.type != EntryType.DIR:
+                    return None
+                entries = self.tree(entry.content[0])
+        return entry
+
+    def iter_content(self, entry: TreeEntry) -> Iterator[bytes]:
+        for chunk_id in entry.content:
+            yield self.store.read_object(chunk_id)
+
+    def read_file(self, entry: TreeEntry) -> bytes:
+        return b"".join(self.iter_content(entry))
+
+    def walk(self, tree_id: bytes, prefix: bytes = b"") -> Iterator[tuple[bytes, TreeEntry]]:
+        """(path, entry) of everything below a tree, depth first, sorted by name."""
+        stack = [(prefix, tree_id)]
+        while stack:
+            base, current = stack.pop()
+            subdirs = []
+            for entry in self.tree(current):
+                path = base + b"/" + entry.name if base else entry.name
+                yield path, entry
+                if entry.type == EntryType.DIR:
+                    subdirs.append((path, entry.content[0]))
+            stack.extend(reversed(subdirs))
+
+
+def display(path: bytes) -> str:
+    return os.fsdecode(path)
