@@ -22,12 +22,12 @@ class SnapshotReader:
 
     def snapshot(self, name: str) -> SnapshotRecord:
         if name == "latest":
-            record = None
-            for record in self.store.list_snapshots():
+            last: SnapshotRecord | None = None
+            for last in self.store.list_snapshots():  # noqa: B007 - oldest first: keep the last
                 pass
-            if record is None:
+            if last is None:
                 raise NotFoundError("there are no snapshots yet")
-            return record
+            return last
         found = self.store.get_snapshot(name)
         if found is None:
             raise NotFoundError(f"no snapshot named {name}")
