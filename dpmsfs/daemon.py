@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 from chunker import DEFAULT_PARAMS
+from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.clock import SYSTEM_CLOCK, Clock
 from dpmsfs.config import Config, remember_store
@@ -66,4 +67,4 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             await serve_control(config.control_socket, {"status": status, "snapshot": snapshot})
 
         services: list[Service] = [engine.run, control]
-        serve(options, engine.journal, services)
+        serve(options, engine.journal, services, snapshots=SnapshotTree(store))

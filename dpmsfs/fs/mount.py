@@ -24,6 +24,7 @@ import pyfuse3
 import trio
 
 from dpmsfs import mountinfo, sdnotify
+from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
 from dpmsfs.fs.changes import ChangeSink
 from dpmsfs.fs.operations import PassthroughOperations
@@ -86,6 +87,7 @@ def serve(
     services: Sequence[Service] = (),
     on_ready: Callable[[PassthroughOperations], None] | None = None,
     handle_signals: bool = True,
+    snapshots: SnapshotTree | None = None,
 ) -> None:
     """Mount, serve until unmounted or SIGTERM/SIGINT, then unmount. Blocks.
 
@@ -97,7 +99,7 @@ def serve(
     if handle_signals:
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget)
+    ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget, snapshots=snapshots)
     try:
         pyfuse3.init(ops, str(workdir), mount_options(workdir, options.fuse_debug))
     except RuntimeError as exc:

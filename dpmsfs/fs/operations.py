@@ -28,6 +28,7 @@ from typing import Any, ParamSpec, TypeVar
 import pyfuse3
 import trio
 
+from dpmsfs.browse.vfs import VIRTUAL_BASE, Attr, ReadOnly, SnapshotTree
 from dpmsfs.fs import syscalls
 from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
 from dpmsfs.fs.inodes import InodeTable, Node
@@ -95,12 +96,16 @@ class PassthroughOperations(pyfuse3.Operations):
         sink: ChangeSink | None = None,
         *,
         fd_budget: int = 4096,
+        snapshots: SnapshotTree | None = None,
     ) -> None:
         super().__init__()
         self.inodes = InodeTable(root_fd, fd_budget)
         self.sink: ChangeSink = sink or NullSink()
+        self.snapshots = snapshots  # serves .snapshots/ (inodes >= VIRTUAL_BASE)
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
+        self._virtual_dirs: dict[int, list[tuple[bytes, int]]] = {}
+        self._next_virtual_dir = VIRTUAL_BASE
 
     @property
     def open_file_count(self) -> int:
@@ -126,6 +131,37 @@ class PassthroughOperations(pyfuse3.Operations):
         entry.st_mtime_ns = st.st_mtime_ns
         entry.st_ctime_ns = st.st_ctime_ns
         return entry
+
+    @staticmethod
+    def _virtual_entry(attr: Attr) -> pyfuse3.EntryAttributes:
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = attr.ino
+        entry.generation = 0
+        entry.entry_timeout = CACHE_TIMEOUT
+        entry.attr_timeout = CACHE_TIMEOUT
+        entry.st_mode = attr.mode
+        entry.st_nlink = attr.nlink
+        entry.st_uid = attr.uid
+        entry.st_gid = attr.gid
+        entry.st_rdev = attr.rdev
+        entry.st_size = attr.size
+        entry.st_blksize = 4096
+        entry.st_blocks = (attr.size + 511) // 512
+        entry.st_atime_ns = attr.mtime_ns
+        entry.st_mtime_ns = attr.mtime_ns
+        entry.st_ctime_ns = attr.mtime_ns
+        return entry
+
+    def _real(self, inode: int) -> Node:
+        """The node of a real inode; a snapshot inode can never be changed."""
+        if inode >= VIRTUAL_BASE:
+            raise ReadOnly()
+        return self.inodes.get(inode)
+
+    def _vfs(self) -> SnapshotTree:
+        if self.snapshots is None:
+            raise OSError(errno.ENOENT, "no snapshots are served")
+        return self.snapshots
 
     def _stat(self, node: Node) -> os.stat_result:
         if node.is_dir:
@@ -158,7 +194,7 @@ class PassthroughOperations(pyfuse3.Operations):
     @staticmethod
     def _check_reserved(parent: Node, name: bytes) -> None:
         if parent.ino == pyfuse3.ROOT_INODE and name == RESERVED_ROOT_NAME:
-            raise OSError(errno.EPERM, ".snapshots is reserved")
+            raise ReadOnly()
 
     def _give_to_caller(
         self,
@@ -197,9 +233,11 @@ class PassthroughOperations(pyfuse3.Operations):
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         try:
+            if parent_inode >= VIRTUAL_BASE or (
+                parent_inode == pyfuse3.ROOT_INODE and name == RESERVED_ROOT_NAME
+            ):
+                return self._virtual_lookup(parent_inode, name)
             parent = self.inodes.get(parent_inode)
-            if parent_inode == pyfuse3.ROOT_INODE and name == RESERVED_ROOT_NAME:
-                raise OSError(errno.ENOENT, "reserved")
             st = os.stat(name, dir_fd=self.inodes.dir_fd(parent), follow_symlinks=False)
         except OSError as exc:
             if exc.errno == errno.ENOENT:
@@ -212,8 +250,19 @@ class PassthroughOperations(pyfuse3.Operations):
         self.inodes.remember(parent, name, st)
         return self._entry(st)
 
+    def _virtual_lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
+        vfs = self._vfs()
+        is_root = parent_inode == pyfuse3.ROOT_INODE
+        node = vfs.root() if is_root else vfs.lookup(parent_inode, name)
+        vfs.remember(node)
+        return self._virtual_entry(vfs.attr(node))
+
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
+            if inode >= VIRTUAL_BASE:
+                if self.snapshots is not None:
+                    self.snapshots.forget(inode, count)
+                continue
             try:
                 self.inodes.forget(inode, count)
             except OSError:
@@ -223,6 +272,8 @@ class PassthroughOperations(pyfuse3.Operations):
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         try:
+            if inode >= VIRTUAL_BASE:
+                return self._virtual_entry(self._vfs().getattr(inode))
             return self._entry(self._stat(self.inodes.get(inode)))
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -236,6 +287,8 @@ class PassthroughOperations(pyfuse3.Operations):
         fh: int | None,
         ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        if inode >= VIRTUAL_BASE:
+            raise ReadOnly()
         node = self.inodes.get(inode)
         is_link = not node.is_dir and node.fd is None and self._is_symlink(node)
         if fields.update_size:
@@ -288,6 +341,8 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode >= VIRTUAL_BASE:
+            return self._vfs().readlink(inode)
         node = self.inodes.get(inode)
         if node.fd is not None:
             return os.readlink(b"", dir_fd=node.fd)
@@ -314,7 +369,7 @@ class PassthroughOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
+        parent = self._real(parent_inode)
         self._check_reserved(parent, name)
         parent_fd = self.inodes.dir_fd(parent)
         os.mknod(name, mode, rdev, dir_fd=parent_fd)
@@ -327,7 +382,7 @@ class PassthroughOperations(pyfuse3.Operations):
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
+        parent = self._real(parent_inode)
         self._check_reserved(parent, name)
         parent_fd = self.inodes.dir_fd(parent)
         os.mkdir(name, mode, dir_fd=parent_fd)
@@ -340,7 +395,7 @@ class PassthroughOperations(pyfuse3.Operations):
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self.inodes.get(parent_inode)
+        parent = self._real(parent_inode)
         self._check_reserved(parent, name)
         parent_fd = self.inodes.dir_fd(parent)
         os.symlink(target, name, dir_fd=parent_fd)
@@ -358,7 +413,8 @@ class PassthroughOperations(pyfuse3.Operations):
         await self._remove(parent_inode, name, is_dir=True)
 
     async def _remove(self, parent_inode: int, name: bytes, *, is_dir: bool) -> None:
-        parent = self.inodes.get(parent_inode)
+        parent = self._real(parent_inode)
+        self._check_reserved(parent, name)
         parent_fd = self.inodes.dir_fd(parent)
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         node = self.inodes.prepare_unlink(parent, name, st)
@@ -381,8 +437,9 @@ class PassthroughOperations(pyfuse3.Operations):
         flags: int,
         ctx: pyfuse3.RequestContext,
     ) -> None:
-        old_parent = self.inodes.get(parent_inode_old)
-        new_parent = self.inodes.get(parent_inode_new)
+        old_parent = self._real(parent_inode_old)
+        new_parent = self._real(parent_inode_new)
+        self._check_reserved(old_parent, name_old)
         self._check_reserved(new_parent, name_new)
         old_fd = self.inodes.dir_fd(old_parent)
         new_fd = self.inodes.dir_fd(new_parent)
@@ -429,8 +486,8 @@ class PassthroughOperations(pyfuse3.Operations):
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        node = self.inodes.get(inode)
-        new_parent = self.inodes.get(new_parent_inode)
+        node = self._real(inode)
+        new_parent = self._real(new_parent_inode)
         self._check_reserved(new_parent, new_name)
         new_fd = self.inodes.dir_fd(new_parent)
         old_path = self.inodes.path(node)
@@ -459,6 +516,9 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if inode >= VIRTUAL_BASE:
+            fh = await trio.to_thread.run_sync(self._vfs().open, inode, flags)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         node = self.inodes.get(inode)
         real_flags = self._underlying_flags(flags)
         if node.fd is not None:
@@ -478,7 +538,7 @@ class PassthroughOperations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self.inodes.get(parent_inode)
+        parent = self._real(parent_inode)
         self._check_reserved(parent, name)
         parent_fd = self.inodes.dir_fd(parent)
         real_flags = self._underlying_flags(flags) | os.O_CREAT | os.O_NOFOLLOW
@@ -501,6 +561,8 @@ class PassthroughOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         try:
+            if fh >= VIRTUAL_BASE:
+                return await trio.to_thread.run_sync(self._vfs().read, fh, off, size)
             return os.pread(fh, size, off)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -521,6 +583,9 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def release(self, fh: int) -> None:
+        if fh >= VIRTUAL_BASE:
+            self._vfs().release(fh)
+            return
         handle = self._files.pop(fh)
         try:
             os.close(fh)
@@ -531,11 +596,20 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if fh >= VIRTUAL_BASE:
+            return
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     # --- directories -----------------------------------------------------------------
     @_translate_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode >= VIRTUAL_BASE:
+            vfs = self._vfs()
+            listing = await trio.to_thread.run_sync(lambda: list(vfs.listdir(inode)))
+            fh = self._next_virtual_dir
+            self._next_virtual_dir += 1
+            self._virtual_dirs[fh] = [(name, node.ino) for name, node in listing]
+            return fh
         node = self.inodes.get(inode)
         fd = os.open(
             b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.dir_fd(node)
@@ -545,6 +619,9 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        if fh >= VIRTUAL_BASE:
+            self._virtual_readdir(fh, start_id, token)
+            return
         handle = self._dirs[fh]
         node = handle.node
         if handle.entries is None or start_id == 0:
@@ -573,13 +650,31 @@ class PassthroughOperations(pyfuse3.Operations):
                 # The kernel now holds a reference; "." and ".." never take one.
                 self.inodes.remember(node, name, st)
 
+    def _virtual_readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        vfs = self._vfs()
+        entries = self._virtual_dirs[fh]
+        for index in range(start_id, len(entries)):
+            name, ino = entries[index]
+            try:
+                attr = vfs.getattr(ino)
+            except OSError:
+                continue  # forgotten meanwhile
+            if not pyfuse3.readdir_reply(token, name, self._virtual_entry(attr), index + 1):
+                break
+            vfs.remember(vfs.node(ino))
+
     @_translate_errors
     async def releasedir(self, fh: int) -> None:
+        if fh >= VIRTUAL_BASE:
+            self._virtual_dirs.pop(fh, None)
+            return
         self._dirs.pop(fh, None)
         os.close(fh)
 
     @_translate_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        if fh >= VIRTUAL_BASE:
+            return
         await trio.to_thread.run_sync(os.fsync, fh)
 
     # --- extended attributes ---------------------------------------------------------
@@ -592,12 +687,17 @@ class PassthroughOperations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        node = self.inodes.get(inode)
+        node = self._real(inode)
         os.setxattr(self._xattr_path(node), name, value)
         self._record(ChangeKind.XATTR, node)
 
     @_translate_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode >= VIRTUAL_BASE:
+            value = self._vfs().xattrs(inode).get(name)
+            if value is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return value
         node = self.inodes.get(inode)
         try:
             return os.getxattr(self._xattr_path(node), name)
@@ -608,6 +708,8 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if inode >= VIRTUAL_BASE:
+            return list(self._vfs().xattrs(inode))
         node = self.inodes.get(inode)
         if not node.is_dir and node.fd is None and self._is_symlink(node):
             return []
@@ -615,7 +717,7 @@ class PassthroughOperations(pyfuse3.Operations):
 
     @_translate_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        node = self.inodes.get(inode)
+        node = self._real(inode)
         try:
             os.removexattr(self._xattr_path(node), name)
         except OSError as exc:

@@ -19,6 +19,12 @@ def kinds_for(mount: ThreadMount, path: bytes) -> list[ChangeKind]:
     return [e.kind for e in mount.sink.events if e.path == path and e.kind != ChangeKind.SETATTR]
 
 
+def settle(mount: ThreadMount) -> None:
+    """Wait for the releases of files already closed, then forget all events so far."""
+    wait_for(lambda: mount.inodes_open() == 0, what="releases")
+    mount.sink.events.clear()
+
+
 def assert_in_order(expected: list[ChangeEvent], events: list[ChangeEvent]) -> None:
     """`expected` appears in `events` in this order (others may come between)."""
     position = 0
@@ -38,7 +44,7 @@ def test_create_write_close_reported_once_per_handle(thread_mount: ThreadMount) 
     assert kinds[0] == ChangeKind.CREATE
     assert kinds == [ChangeKind.CREATE, ChangeKind.CLOSE_WRITE]  # one event per handle
 
-    thread_mount.sink.events.clear()
+    settle(thread_mount)
     with open(work / "a.txt", "r+b") as f:
         f.write(b"y")
     assert kinds_for(thread_mount, b"a.txt") == [ChangeKind.WRITE, ChangeKind.CLOSE_WRITE]
@@ -46,7 +52,7 @@ def test_create_write_close_reported_once_per_handle(thread_mount: ThreadMount) 
 
 def test_reading_reports_nothing(thread_mount: ThreadMount) -> None:
     (thread_mount.workdir / "r.txt").write_bytes(b"data")
-    thread_mount.sink.events.clear()
+    settle(thread_mount)
     assert (thread_mount.workdir / "r.txt").read_bytes() == b"data"
     os.stat(thread_mount.workdir / "r.txt")
     os.listdir(thread_mount.workdir)
@@ -100,6 +106,7 @@ def test_paths_follow_renames(thread_mount: ThreadMount) -> None:
     work = thread_mount.workdir
     (work / "src" / "deep").mkdir(parents=True)
     (work / "src" / "deep" / "f").write_bytes(b"1")
+    settle(thread_mount)
     fd = os.open(work / "src" / "deep" / "f", os.O_WRONLY)
     try:
         os.rename(work / "src", work / "dst")
@@ -109,7 +116,7 @@ def test_paths_follow_renames(thread_mount: ThreadMount) -> None:
         os.close(fd)
     assert kinds_for(thread_mount, b"dst/deep/f") == [ChangeKind.WRITE, ChangeKind.CLOSE_WRITE]
 
-    thread_mount.sink.events.clear()
+    settle(thread_mount)
     os.rename(work / "dst" / "deep" / "f", work / "moved")
     with open(work / "moved", "ab") as f:
         f.write(b"3")

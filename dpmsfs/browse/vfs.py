@@ -1,0 +1,298 @@
+"""The read-only `.snapshots/` tree, served from the store (no FUSE here).
+
+`.snapshots/` holds one directory per snapshot, named by its UTC time, and a `latest`
+symlink. Below a snapshot directory, entries are served from the snapshot's trees:
+attributes as captured, contents read chunk by chunk from the store.
+
+Inode numbers live in their own range (`VIRTUAL_BASE` and up), handed out on lookup
+and dropped when the kernel forgets them, so memory follows what the kernel holds,
+not how many snapshots exist or how large they are. Hard-linked files of one snapshot
+share one inode number, as they did when captured.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import logging
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from dpmsfs.store.errors import StoreError
+from dpmsfs.store.snapshots import SnapshotRecord
+from dpmsfs.store.store import Store
+from dpmsfs.store.tree import EntryType, TreeEntry, find
+
+log = logging.getLogger(__name__)
+
+VIRTUAL_BASE = 1 << 62
+SNAPSHOTS_INO = VIRTUAL_BASE + 1
+LATEST = b"latest"
+
+_TYPE_BITS = {
+    EntryType.FILE: stat.S_IFREG,
+    EntryType.DIR: stat.S_IFDIR,
+    EntryType.SYMLINK: stat.S_IFLNK,
+    EntryType.FIFO: stat.S_IFIFO,
+    EntryType.CHARDEV: stat.S_IFCHR,
+    EntryType.BLOCKDEV: stat.S_IFBLK,
+    EntryType.SOCKET: stat.S_IFSOCK,
+}
+
+
+class Attr(NamedTuple):
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    mtime_ns: int
+
+
+class VNode:
+    __slots__ = ("entry", "ino", "key", "lookups", "mtime_ns", "snapshot", "tree_id")
+
+    def __init__(
+        self,
+        ino: int,
+        key: tuple[object, ...],
+        snapshot: SnapshotRecord | None,
+        entry: TreeEntry | None,
+        tree_id: bytes | None,
+        mtime_ns: int,
+    ) -> None:
+        self.ino = ino
+        self.key = key
+        self.snapshot = snapshot
+        self.entry = entry  # None for .snapshots, latest, and a snapshot's root
+        self.tree_id = tree_id  # for directories
+        self.mtime_ns = mtime_ns
+        self.lookups = 0
+
+
+class OpenFile:
+    """An open snapshot file: chunk offsets, and the last chunk read (reads are sequential)."""
+
+    def __init__(self, entry: TreeEntry, offsets: list[int]) -> None:
+        self.entry = entry
+        self.offsets = offsets  # start offset of each chunk, plus the end
+        self.cached_index = -1
+        self.cached: bytes = b""
+
+
+class ReadOnly(OSError):
+    def __init__(self) -> None:
+        super().__init__(errno.EROFS, "snapshots are read-only")
+
+
+class SnapshotTree:
+    """What `.snapshots/` shows. Thread-safe for reads from worker threads."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._nodes: dict[int, VNode] = {}
+        self._by_key: dict[tuple[object, ...], VNode] = {}
+        self._next_ino = SNAPSHOTS_INO + 1
+        self._lock = threading.Lock()
+        self._files: dict[int, OpenFile] = {}
+        self._next_fh = VIRTUAL_BASE
+        root = VNode(SNAPSHOTS_INO, ("root",), None, None, None, 0)
+        root.lookups = 1 << 40  # never forgotten
+        self._nodes[SNAPSHOTS_INO] = root
+
+    # --- nodes -----------------------------------------------------------------------
+    def is_virtual(self, ino: int) -> bool:
+        return ino >= VIRTUAL_BASE
+
+    def node(self, ino: int) -> VNode:
+        try:
+            return self._nodes[ino]
+        except KeyError:
+            raise OSError(errno.ESTALE, "unknown snapshot inode") from None
+
+    def _get_or_make(
+        self,
+        key: tuple[object, ...],
+        snapshot: SnapshotRecord | None,
+        entry: TreeEntry | None,
+        tree_id: bytes | None,
+        mtime_ns: int,
+    ) -> VNode:
+        node = self._by_key.get(key)
+        if node is None:
+            node = VNode(self._next_ino, key, snapshot, entry, tree_id, mtime_ns)
+            self._next_ino += 1
+            self._nodes[node.ino] = node
+            self._by_key[key] = node
+        return node
+
+    def remember(self, node: VNode) -> None:
+        node.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None or ino == SNAPSHOTS_INO:
+            return
+        node.lookups -= count
+        if node.lookups <= 0:
+            del self._nodes[ino]
+            self._by_key.pop(node.key, None)
+
+    def root(self) -> VNode:
+        return self._nodes[SNAPSHOTS_INO]
+
+    # --- attributes ------------------------------------------------------------------
+    def attr(self, node: VNode) -> Attr:
+        entry = node.entry
+        if node.ino == SNAPSHOTS_INO or (entry is None and node.tree_id is not None):
+            return Attr(node.ino, stat.S_IFDIR | 0o555, 2, 0, 0, 0, 0, node.mtime_ns)
+        if entry is None:  # latest
+            last = self._latest()
+            target = last.name.encode() if last else b""
+            when = last.time_utc_ns if last else 0
+            return Attr(node.ino, stat.S_IFLNK | 0o777, 1, 0, 0, 0, len(target), when)
+        mode = _TYPE_BITS[entry.type] | entry.mode
+        nlink = 2 if entry.type == EntryType.DIR or entry.link_key else 1
+        size = len(entry.target) if entry.type == EntryType.SYMLINK else entry.size
+        return Attr(node.ino, mode, nlink, entry.uid, entry.gid, entry.rdev, size, entry.mtime_ns)
+
+    def getattr(self, ino: int) -> Attr:
+        return self.attr(self.node(ino))
+
+    # --- names -----------------------------------------------------------------------
+    def _snapshots(self) -> list[SnapshotRecord]:
+        return list(self.store.list_snapshots())
+
+    def _latest(self) -> SnapshotRecord | None:
+        last = None
+        for last in self.store.list_snapshots():  # noqa: B007 - oldest first: keep the last
+            pass
+        return last
+
+    def _snapshot_node(self, record: SnapshotRecord) -> VNode:
+        return self._get_or_make(
+            ("snap", record.name), record, None, record.root_tree_id, record.time_utc_ns
+        )
+
+    def _child_node(self, parent: VNode, entry: TreeEntry) -> VNode:
+        assert parent.snapshot is not None
+        name = parent.snapshot.name
+        if entry.link_key and entry.type != EntryType.DIR:
+            key: tuple[object, ...] = ("link", name, entry.link_key)
+        else:
+            key = ("entry", name, parent.ino, entry.name)
+        tree_id = entry.content[0] if entry.type == EntryType.DIR else None
+        return self._get_or_make(key, parent.snapshot, entry, tree_id, entry.mtime_ns)
+
+    def lookup(self, parent_ino: int, name: bytes) -> VNode:
+        """The child `name` of a virtual directory (the caller counts the lookup)."""
+        parent = self.node(parent_ino)
+        with self._lock:
+            if parent.ino == SNAPSHOTS_INO:
+                if name == LATEST:
+                    return self._get_or_make(("latest",), None, None, None, 0)
+                record = self.store.get_snapshot(os.fsdecode(name))
+                if record is None:
+                    raise FileNotFoundError(errno.ENOENT, "no such snapshot")
+                return self._snapshot_node(record)
+            if parent.tree_id is None:
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+            entry = find(self._tree(parent.tree_id), name)
+            if entry is None:
+                raise FileNotFoundError(errno.ENOENT, "not in this snapshot")
+            return self._child_node(parent, entry)
+
+    def listdir(self, ino: int) -> Iterator[tuple[bytes, VNode]]:
+        node = self.node(ino)
+        with self._lock:
+            if ino == SNAPSHOTS_INO:
+                items = [(r.name.encode(), self._snapshot_node(r)) for r in self._snapshots()]
+                if items:
+                    items.append((LATEST, self._get_or_make(("latest",), None, None, None, 0)))
+            elif node.tree_id is not None:
+                items = [(e.name, self._child_node(node, e)) for e in self._tree(node.tree_id)]
+            else:
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory")
+        return iter(items)
+
+    def readlink(self, ino: int) -> bytes:
+        node = self.node(ino)
+        if node.key == ("latest",):
+            last = self._latest()
+            return last.name.encode() if last else b""
+        if node.entry is None or node.entry.type != EntryType.SYMLINK:
+            raise OSError(errno.EINVAL, "not a symlink")
+        return node.entry.target
+
+    def xattrs(self, ino: int) -> dict[bytes, bytes]:
+        node = self.node(ino)
+        return dict(node.entry.xattrs) if node.entry is not None else {}
+
+    def _tree(self, tree_id: bytes) -> list[TreeEntry]:
+        try:
+            return self.store.read_tree(tree_id)
+        except StoreError as exc:
+            log.error("snapshot tree %s unreadable from the local store: %s", tree_id.hex(), exc)
+            raise OSError(errno.EIO, "snapshot tree unreadable") from None
+
+    # --- files -----------------------------------------------------------------------
+    def open(self, ino: int, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            raise ReadOnly()
+        node = self.node(ino)
+        entry = node.entry
+        if entry is None or entry.type != EntryType.FILE:
+            raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        offsets = [0]
+        for chunk_id in entry.content:
+            location = self.store.locate(chunk_id)
+            if location is None:
+                log.error("chunk %s of a snapshot file is not in the local store", chunk_id.hex())
+                raise OSError(errno.EIO, "chunk missing from the local store")
+            offsets.append(offsets[-1] + location.raw_length)
+        with self._lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._files[fh] = OpenFile(entry, offsets)
+        return fh
+
+    def read(self, fh: int, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of an open snapshot file. Runs on a worker thread."""
+        handle = self._files[fh]
+        end = min(offset + size, handle.offsets[-1])
+        parts = []
+        while offset < end:
+            index = bisect.bisect_right(handle.offsets, offset) - 1
+            data = self._chunk(handle, index)
+            start = offset - handle.offsets[index]
+            piece = data[start : start + (end - offset)]
+            if not piece:
+                break
+            parts.append(piece)
+            offset += len(piece)
+        return b"".join(parts)
+
+    def _chunk(self, handle: OpenFile, index: int) -> bytes:
+        if handle.cached_index == index:
+            return handle.cached
+        chunk_id = handle.entry.content[index]
+        try:
+            data = self.store.read_object(chunk_id)
+        except StoreError as exc:
+            log.error(
+                "cannot read chunk %s of %s: %s",
+                chunk_id.hex(),
+                os.fsdecode(handle.entry.name),
+                exc,
+            )
+            raise OSError(errno.EIO, "chunk unreadable") from None
+        handle.cached_index, handle.cached = index, data
+        return data
+
+    def release(self, fh: int) -> None:
+        self._files.pop(fh, None)
