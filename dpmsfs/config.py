@@ -77,6 +77,17 @@ def remember_store(config: Config) -> None:
     os.replace(tmp, path)
 
 
+def known_workdirs() -> list[Path]:
+    """Work directories that have been mounted on this machine."""
+    result = []
+    for path in sorted((STATE_ROOT / "mounts").glob("*.json")):
+        try:
+            result.append(Path(json.loads(path.read_text())["workdir"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return result
+
+
 def remembered_store(workdir: Path) -> Path | None:
     try:
         return Path(json.loads(_remembered_file(workdir).read_text())["store"])

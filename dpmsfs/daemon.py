@@ -11,6 +11,8 @@ import logging
 import os
 from typing import Any
 
+import trio
+
 from chunker import DEFAULT_PARAMS
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.capture.engine import CaptureEngine
@@ -41,6 +43,20 @@ def open_store(config: Config) -> Store:
         raise UsageError(f"store {path}: {exc}") from None
     except OSError as exc:
         raise UnavailableError(f"store {path}: {exc.strerror}") from None
+
+
+def snapshot_offline(config: Config, label: str, clock: Clock = SYSTEM_CLOCK) -> str:
+    """Take a snapshot of an unmounted work directory (scan, capture, snapshot)."""
+    store = open_store(config)
+    try:
+        engine = CaptureEngine(config, store, clock)
+        try:
+            record = trio.run(engine.snapshot_offline, label)
+        finally:
+            engine.close()
+    finally:
+        store.close()
+    return record.name
 
 
 def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:

@@ -102,6 +102,16 @@ class CaptureEngine:
                 except StoreError as exc:
                     log.warning("last journal flush failed (%s); the next scan will catch up", exc)
 
+    async def snapshot_offline(self, label: str) -> SnapshotRecord:
+        """Without a mount: scan the real tree, capture what differs, take a snapshot."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._supervise, self._flush_loop)
+            nursery.start_soon(self._supervise, self._ingest_loop)
+            await self._run_scan(b"")
+            record = await self.snapshot(label=label)
+            nursery.cancel_scope.cancel()
+        return record
+
     async def _supervise(self, loop: Callable[[], Awaitable[None]]) -> None:
         """Run a loop; a bug in it pauses capture and restarts it, never unmounts."""
         while True:

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import argparse
 
-from dpmsfs import control
+from dpmsfs import control, daemon, mountinfo
 from dpmsfs.cli.common import add_workdir_arguments, load_config
+from dpmsfs.config import Config
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_snapshot(args: argparse.Namespace) -> int:
-    cfg = load_config(args)
-    reply = control.call(cfg.control_socket, {"cmd": "snapshot", "label": args.label}, timeout=None)
-    print(reply["snapshot"])
+    print(take(load_config(args), args.label))
     return 0
+
+
+def take(cfg: Config, label: str) -> str:
+    """Through the daemon if it runs, else directly on the unmounted work directory."""
+    if mountinfo.is_dpmsfs_mount(cfg.workdir):
+        reply = control.call(cfg.control_socket, {"cmd": "snapshot", "label": label}, timeout=None)
+        return str(reply["snapshot"])
+    return daemon.snapshot_offline(cfg, label)

@@ -15,7 +15,10 @@ from types import ModuleType
 
 from dpmsfs import __version__
 from dpmsfs.cli import (
+    cmd_diff,
+    cmd_log,
     cmd_mount,
+    cmd_restore,
     cmd_snapshot,
     cmd_snapshots,
     cmd_status,
@@ -30,6 +33,9 @@ COMMANDS: list[ModuleType] = [
     cmd_status,
     cmd_snapshot,
     cmd_snapshots,
+    cmd_log,
+    cmd_diff,
+    cmd_restore,
     cmd_verify,
 ]
 
@@ -67,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse (3.11) cannot take positionals after options ("restore W --snapshot S
+        # PATH"); commands with a trailing PATH list collect them here.
+        if hasattr(args, "paths") and not any(e.startswith("-") for e in extra):
+            args.paths = [*args.paths, *extra]
+        else:
+            parser.parse_args(argv)  # reports the unrecognized arguments as usual
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE

@@ -1,0 +1,285 @@
+"""Put files back as a snapshot holds them.
+
+Safety, because names come from the store and the target may be hostile:
+* names are validated by `decode_tree` (never empty, `.`, `..`, or containing `/` or
+  NUL) and checked again here;
+* every write is relative to a directory descriptor, opened with O_NOFOLLOW one
+  component at a time: a symlink in the target can never send a write elsewhere;
+* a file is written to a temporary name, its content ids are verified by chunking
+  what was written, then it is renamed over the old one: an interrupted restore never
+  leaves a half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from chunker import chunk_id, iter_chunks
+from dpmsfs.browse.reader import SnapshotReader
+from dpmsfs.errors import DpmsError
+from dpmsfs.store.tree import EntryType, TreeEntry, check_name
+
+log = logging.getLogger(__name__)
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+TEMP_PREFIX = b".dpmsfs-restore-"
+
+
+class RestoreError(DpmsError):
+    pass
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    directories: int = 0
+    other: int = 0
+    bytes: int = 0
+    removed: int = 0
+    skipped_existing: list[str] = field(default_factory=list)
+
+
+Progress = Callable[[RestoreStats], None]
+
+
+class Restorer:
+    """Restore entries of one snapshot under a target directory descriptor."""
+
+    def __init__(
+        self,
+        reader: SnapshotReader,
+        *,
+        overwrite: bool,
+        delete_extra: bool,
+        restore_owner: bool,
+        progress: Progress | None = None,
+    ) -> None:
+        self.reader = reader
+        self.overwrite = overwrite
+        self.delete_extra = delete_extra
+        self.restore_owner = restore_owner and os.geteuid() == 0
+        self.progress = progress
+        self.stats = RestoreStats()
+        self._links: dict[int, tuple[int, bytes]] = {}  # link_key -> (dir fd dup, name)
+        self._last_progress = 0.0
+
+    def close(self) -> None:
+        for fd, _ in self._links.values():
+            os.close(fd)
+        self._links.clear()
+
+    # --- entry points ----------------------------------------------------------------
+    def restore_tree(self, tree_id: bytes, target_fd: int) -> None:
+        """Make directory `target_fd` hold what tree `tree_id` holds."""
+        entries = self.reader.tree(tree_id)
+        wanted = set()
+        for entry in entries:
+            check_name(entry.name)
+            wanted.add(entry.name)
+            self.restore_entry(entry, target_fd)
+        if self.delete_extra:
+            for name in os.listdir(target_fd):
+                raw = os.fsencode(name)
+                if raw not in wanted and not raw.startswith(TEMP_PREFIX):
+                    remove_tree_at(target_fd, raw)
+                    self.stats.removed += 1
+
+    def restore_entry(self, entry: TreeEntry, parent_fd: int) -> None:
+        check_name(entry.name)
+        if entry.type == EntryType.DIR:
+            self._restore_dir(entry, parent_fd)
+        elif entry.type == EntryType.FILE:
+            self._restore_file(entry, parent_fd)
+        else:
+            self._restore_special(entry, parent_fd)
+        self._report()
+
+    # --- kinds of entries ------------------------------------------------------------
+    def _existing(self, parent_fd: int, name: bytes) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _clear_way(self, parent_fd: int, name: bytes, keep_dir: bool) -> bool:
+        """Make room for `name`; False if it exists and may not be replaced."""
+        st = self._existing(parent_fd, name)
+        if st is None:
+            return True
+        if keep_dir and stat.S_ISDIR(st.st_mode):
+            return True
+        if not self.overwrite:
+            self.stats.skipped_existing.append(os.fsdecode(name))
+            return False
+        remove_tree_at(parent_fd, name)
+        return True
+
+    def _restore_dir(self, entry: TreeEntry, parent_fd: int) -> None:
+        existing = self._existing(parent_fd, entry.name)
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            if not self._clear_way(parent_fd, entry.name, keep_dir=False):
+                return
+            existing = None
+        if existing is None:
+            os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
+        fd = os.open(entry.name, _DIR_FLAGS, dir_fd=parent_fd)
+        try:
+            self.restore_tree(entry.content[0], fd)
+            self._apply_metadata(fd, entry)
+        finally:
+            os.close(fd)
+        self.stats.directories += 1
+
+    def _restore_file(self, entry: TreeEntry, parent_fd: int) -> None:
+        if entry.link_key:
+            first = self._links.get(entry.link_key)
+            if first is not None:
+                if self._clear_way(parent_fd, entry.name, keep_dir=False):
+                    os.link(first[1], entry.name, src_dir_fd=first[0], dst_dir_fd=parent_fd,
+                            follow_symlinks=False)  # fmt: skip
+                    self.stats.files += 1
+                return
+        existing = self._existing(parent_fd, entry.name)
+        replaceable = existing is None or (self.overwrite and not stat.S_ISDIR(existing.st_mode))
+        if not replaceable and not self._clear_way(parent_fd, entry.name, keep_dir=False):
+            return
+        temp = TEMP_PREFIX + os.urandom(6).hex().encode()
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=parent_fd)  # fmt: skip
+        try:
+            written = 0
+            for data in self.reader.iter_content(entry):
+                os.write(fd, data)
+                written += len(data)
+                self.stats.bytes += len(data)
+                self._report()
+            if written != entry.size:
+                raise RestoreError(
+                    f"{os.fsdecode(entry.name)}: snapshot says {entry.size} bytes, "
+                    f"its chunks hold {written}"
+                )
+            self._verify_written(fd, entry)
+            self._apply_metadata(fd, entry)
+            os.fsync(fd)
+            os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException:
+            try:
+                os.unlink(temp, dir_fd=parent_fd)
+            except OSError:
+                pass
+            raise
+        finally:
+            os.close(fd)
+        if entry.link_key:
+            self._links[entry.link_key] = (os.dup(parent_fd), entry.name)
+        self.stats.files += 1
+
+    def _verify_written(self, fd: int, entry: TreeEntry) -> None:
+        """Chunk what was written and compare the ids with the snapshot's."""
+        offset = 0
+
+        def read(size: int) -> bytes:
+            nonlocal offset
+            data = os.pread(fd, size, offset)
+            offset += len(data)
+            return data
+
+        ids = tuple(chunk_id(chunk) for chunk in iter_chunks(read))
+        if ids != entry.content:
+            raise RestoreError(f"{os.fsdecode(entry.name)}: written content does not verify")
+
+    def _restore_special(self, entry: TreeEntry, parent_fd: int) -> None:
+        if not self._clear_way(parent_fd, entry.name, keep_dir=False):
+            return
+        if entry.type == EntryType.SYMLINK:
+            os.symlink(entry.target, entry.name, dir_fd=parent_fd)
+        elif entry.type == EntryType.FIFO:
+            os.mkfifo(entry.name, 0o600, dir_fd=parent_fd)
+        elif entry.type in (EntryType.CHARDEV, EntryType.BLOCKDEV):
+            kind = stat.S_IFCHR if entry.type == EntryType.CHARDEV else stat.S_IFBLK
+            os.mknod(entry.name, kind | 0o600, entry.rdev, dir_fd=parent_fd)
+        else:  # sockets cannot be recreated meaningfully: a bound socket is a process's
+            self.stats.other += 1
+            return
+        if self.restore_owner:
+            os.chown(entry.name, entry.uid, entry.gid, dir_fd=parent_fd, follow_symlinks=False)
+        if entry.type != EntryType.SYMLINK:
+            os.chmod(entry.name, entry.mode, dir_fd=parent_fd)
+        os.utime(entry.name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent_fd,
+                 follow_symlinks=False)  # fmt: skip
+        self.stats.other += 1
+
+    def _apply_metadata(self, fd: int, entry: TreeEntry) -> None:
+        for name, value in entry.xattrs:
+            try:
+                os.setxattr(fd, name, value)
+            except OSError as exc:
+                log.warning("%s: cannot restore xattr %s: %s", os.fsdecode(entry.name),
+                            os.fsdecode(name), exc.strerror)  # fmt: skip
+        if self.restore_owner:
+            os.fchown(fd, entry.uid, entry.gid)
+        os.fchmod(fd, entry.mode)  # after chown, which clears set-id bits
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
+    def _report(self) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress >= 1.0:
+            self._last_progress = now
+            self.progress(self.stats)
+
+
+def remove_tree_at(parent_fd: int, name: bytes) -> None:
+    """rm -rf of `name` in `parent_fd`, never following symlinks."""
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    try:
+        for child in os.listdir(fd):
+            remove_tree_at(fd, os.fsencode(child))
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def open_dir_beneath(root_fd: int, path: bytes, create: bool) -> int:
+    """A descriptor of directory `path` under `root_fd`, one component at a time."""
+    fd = os.dup(root_fd)
+    try:
+        for part in [p for p in path.split(b"/") if p]:
+            check_name(part)
+            try:
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if not create:
+                    raise
+                os.mkdir(part, 0o755, dir_fd=fd)
+                next_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise RestoreError(
+                        f"{os.fsdecode(path)}: a component is not a directory (or a symlink)"
+                    ) from None
+                raise
+            os.close(fd)
+            fd = next_fd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def iter_parts(path: bytes) -> Iterator[bytes]:
+    return (p for p in path.split(b"/") if p)
