@@ -100,6 +100,9 @@ def call(path: Path, request: dict[str, Any], timeout: float | None = 30.0) -> d
         raise UnavailableError("the dpmsfs daemon is not running for this work directory") from None
     except TimeoutError:
         raise UnavailableError("the dpmsfs daemon did not answer in time") from None
+    except (ConnectionResetError, BrokenPipeError):
+        # The daemon died (or was killed) with the request in flight.
+        raise UnavailableError("the dpmsfs daemon closed the connection") from None
     try:
         reply: dict[str, Any] = json.loads(data)
     except ValueError:
