@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
 from dpmsfs import config
-from dpmsfs.errors import NotFoundError, UsageError
+from dpmsfs.errors import NotFoundError, UnavailableError, UsageError
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.store import Store
 
@@ -25,7 +26,12 @@ def load_config(args: argparse.Namespace) -> config.Config:
             raise UsageError("name a WORKDIR or a --store")
         return config.Config(workdir=Path("/nonexistent"), store=Path(args.store).absolute())
     workdir = Path(args.workdir).absolute()
-    if not workdir.is_dir():
+    try:
+        is_dir = workdir.is_dir()
+    except OSError as exc:  # ENOTCONN: a mount whose daemon died, not yet unmounted
+        hint = " (its dpmsfs daemon died)" if exc.errno == errno.ENOTCONN else ""
+        raise UnavailableError(f"{workdir}: {exc.strerror}{hint}") from None
+    if not is_dir:
         raise NotFoundError(f"{workdir}: no such directory")
     return config.load(
         workdir.resolve(), Path(args.config) if args.config else None, store=args.store
