@@ -131,6 +131,68 @@ def test_iter_chunks_matches_one_shot(seed: int, n: int, read_size: int) -> None
     assert got == chunk_buffer(data, SMALL)
 
 
+class _ShortReads(io.RawIOBase):
+    """A reader whose read/readinto return random short counts, like a pipe."""
+
+    def __init__(self, data: bytes, seed: int) -> None:
+        self._data = data
+        self._pos = 0
+        self._rng = random.Random(seed)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        n = min(len(b), self._rng.randint(1, 9000), len(self._data) - self._pos)
+        b[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 60_000), read_size=st.integers(1, 20_000))
+def test_iter_chunks_plain_read_callable(seed: int, n: int, read_size: int) -> None:
+    """A read callable without readinto goes through StreamChunker.feed."""
+    data = _random_bytes(seed, n)
+    bio = io.BytesIO(data)
+    got = list(iter_chunks(lambda k: bio.read(k), SMALL, read_size=read_size))
+    assert got == chunk_buffer(data, SMALL)
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 60_000), read_size=st.integers(1, 20_000))
+def test_iter_chunks_short_reads(seed: int, n: int, read_size: int) -> None:
+    data = _random_bytes(seed, n)
+    assert list(iter_chunks(_ShortReads(data, seed).read, SMALL, read_size)) == chunk_buffer(
+        data, SMALL
+    )
+
+
+def test_interleaved_iterators_do_not_share_buffers() -> None:
+    a, b = _random_bytes(1, 50_000), _random_bytes(2, 70_000)
+    ia = iter_chunks(io.BytesIO(a).read, SMALL, read_size=5000)
+    ib = iter_chunks(io.BytesIO(b).read, SMALL, read_size=5000)
+    got_a: list[bytes] = []
+    got_b: list[bytes] = []
+    for x, y in zip(ia, ib, strict=False):
+        got_a.append(x)
+        got_b.append(y)
+    got_a += list(ia)
+    got_b += list(ib)
+    assert got_a == chunk_buffer(a, SMALL)
+    assert got_b == chunk_buffer(b, SMALL)
+
+
+def test_abandoned_iterator_leaves_pool_usable() -> None:
+    data = _random_bytes(3, 100_000)
+    it = iter_chunks(io.BytesIO(data).read, SMALL, read_size=4096)
+    next(it)
+    it.close()
+    assert list(iter_chunks(io.BytesIO(data).read, SMALL, read_size=4096)) == chunk_buffer(
+        data, SMALL
+    )
+
+
 def _cut_offsets(chunks: list[bytes]) -> list[int]:
     offsets, pos = [], 0
     for c in chunks:
