@@ -1,0 +1,49 @@
+"""The benchmark scripts stay runnable: a fast --help check, and a slow --quick run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_MOUNT = REPO / "scripts" / "bench_mount.py"
+
+
+def test_bench_mount_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH_MOUNT), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout
+    assert "--only" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
+)
+@pytest.mark.timeout(900)
+def test_bench_mount_quick(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH_MOUNT), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    measured = {(row["workload"], row["baseline"]) for row in report["rows"]}
+    assert ("warm_seq_read", "native") in measured
+    assert ("create", "example") in measured
+    assert ("tar_x", "example") in measured
+    with open("/proc/self/mountinfo") as mounts:
+        assert "dpmsfs-bench-" not in mounts.read(), "a benchmark mount was left behind"
