@@ -57,7 +57,7 @@ echo "== mounting $work"
 "$dpmsfs" mount "$work" --store "$store" --tool-id demo-tool
 "$dpmsfs" snapshot "$work" --label "demo: imported"
 
-program=$(find "$work/pgm" -name '*.cpp' | head -n 1)
+program=$(find "$work/pgm" -name '*.cpp' -print -quit)
 echo "== editing $program through the mount"
 echo "// tuned limits $(date -u +%FT%TZ)" >>"$program"
 "$dpmsfs" snapshot "$work" --label "demo: after edit"
