@@ -81,8 +81,8 @@ class OpenFile:
     def __init__(self, entry: TreeEntry, offsets: list[int]) -> None:
         self.entry = entry
         self.offsets = offsets  # start offset of each chunk, plus the end
-        self.cached_index = -1
-        self.cached: bytes = b""
+        # (index, bytes) as one object: reads of one handle run on several threads at once
+        self.cached: tuple[int, bytes] = (-1, b"")
 
 
 class ReadOnly(OSError):
@@ -278,8 +278,9 @@ class SnapshotTree:
         return b"".join(parts)
 
     def _chunk(self, handle: OpenFile, index: int) -> bytes:
-        if handle.cached_index == index:
-            return handle.cached
+        cached_index, cached = handle.cached
+        if cached_index == index:
+            return cached
         chunk_id = handle.entry.content[index]
         try:
             data = self.store.read_object(chunk_id)
@@ -291,7 +292,7 @@ class SnapshotTree:
                 exc,
             )
             raise OSError(errno.EIO, "chunk unreadable") from None
-        handle.cached_index, handle.cached = index, data
+        handle.cached = (index, data)
         return data
 
     def release(self, fh: int) -> None:
