@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 0.5
 INGEST_POLL = 0.5
 BATCH_PATHS = 256
-PAUSE_RETRY_SECONDS = 10.0
+# How long capture stays paused before retrying a failing store (tests shorten it).
+PAUSE_RETRY_SECONDS = float(os.environ.get("DPMSFS_PAUSE_RETRY_SECONDS", "10"))
 
 
 @dataclass
