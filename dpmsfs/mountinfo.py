@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 FSTYPE = "fuse.dpmsfs"
 
@@ -21,15 +22,37 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
-    """(mount point, file system type) for every mount, in mount order."""
+class Mount(NamedTuple):
+    mount_id: int
+    device_minor: int  # for FUSE: the connection number in /sys/fs/fuse/connections
+    mount_point: str
+    fstype: str
+
+
+def mount_table(mountinfo: str = "/proc/self/mountinfo") -> list[Mount]:
+    """Every mount, in mount order (later ones are on top of earlier ones)."""
     result = []
     with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
         for line in f:
             fields = line.split()
             sep = fields.index("-")
-            result.append((_unescape(fields[4]), fields[sep + 1]))
+            minor = int(fields[2].split(":")[1])
+            result.append(Mount(int(fields[0]), minor, _unescape(fields[4]), fields[sep + 1]))
     return result
+
+
+def mounts(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str]]:
+    """(mount point, file system type) for every mount, in mount order."""
+    return [(m.mount_point, m.fstype) for m in mount_table(mountinfo)]
+
+
+def topmost(path: str) -> Mount | None:
+    """The mount visible at `path` (an absolute, resolved path), if one is mounted there."""
+    found = None
+    for mount in mount_table():
+        if mount.mount_point == path:
+            found = mount
+    return found
 
 
 def is_dpmsfs_mount(path: str | os.PathLike[str]) -> bool:

@@ -4,8 +4,9 @@ The real directory is opened (O_PATH) *before* the mount hides it, and every ope
 is served relative to that descriptor, so programs keep their paths and the daemon
 keeps reaching the real files underneath.
 
-Fail-open: the mount uses `auto_unmount`, so if the daemon dies (even by SIGKILL)
-fusermount3's watchdog unmounts it and the real directory shows through again.
+Fail-open: if the daemon dies (even by SIGKILL), our watchdog process (watchdog.py)
+aborts the FUSE connection and detaches the mount, and the real directory shows
+through again; `auto_unmount` (fusermount3's own watchdog) stays on as a second net.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import trio
 from dpmsfs import mountinfo, sdnotify
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
+from dpmsfs.fs import syscalls, watchdog
 from dpmsfs.fs.changes import ChangeSink
 from dpmsfs.fs.operations import PassthroughOperations
 
@@ -105,6 +107,8 @@ def serve(
     except RuntimeError as exc:
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc})") from None
+    _allow_setid_and_devices(workdir)
+    watchdog_fd = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
     unmounted_by_us = False
     try:
@@ -115,7 +119,24 @@ def serve(
         pyfuse3.close(unmount=unmounted_by_us)
         ops.close()
         os.close(root_fd)
+        if watchdog_fd is not None:
+            os.close(watchdog_fd)  # the watchdog finds the mount gone and exits
         log.info("unmounted %s", workdir)
+
+
+def _allow_setid_and_devices(workdir: Path) -> None:
+    """Clear the nosuid and nodev flags fusermount3 always sets.
+
+    With auto_unmount, libfuse mounts through fusermount3, and libfuse passes it only the
+    flags that are on: "suid" and "dev" are dropped and fusermount3's defaults (nosuid,
+    nodev) win, so set-id programs and device files in the work directory would not work
+    as they do natively. Root may change the flags of the mount afterwards; no request
+    reaches the (not yet running) FUSE loop, as only the mount itself is looked up.
+    """
+    try:
+        syscalls.set_mount_flags(os.fsencode(workdir), syscalls.MS_RELATIME)
+    except OSError as exc:
+        log.warning("%s: set-id programs and device files stay disabled: %s", workdir, exc)
 
 
 async def _run(

@@ -21,6 +21,9 @@ RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_RELATIME = 1 << 21
 
 _renameat2 = _libc.renameat2
 _renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
@@ -29,6 +32,16 @@ _renameat2.restype = ctypes.c_int
 _fchownat = _libc.fchownat
 _fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _fchownat.restype = ctypes.c_int
+
+_mount = _libc.mount
+_mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_mount.restype = ctypes.c_int
 
 
 class _Timespec(ctypes.Structure):
@@ -82,3 +95,10 @@ def utimensat(
     times = (_Timespec * 2)(_timespec(atime_ns, atime_now), _timespec(mtime_ns, mtime_now))
     if _utimensat(dir_fd, name, times, flags) != 0:
         _raise_errno(name or None)
+
+
+def set_mount_flags(target: bytes, flags: int) -> None:
+    """Replace the per-mount flags (nosuid, nodev, noexec, ro, atime) of the mount at
+    `target` by `flags` (MS_REMOUNT | MS_BIND: the file system itself is untouched)."""
+    if _mount(None, target, None, MS_REMOUNT | MS_BIND | flags, None) != 0:
+        _raise_errno(target)
