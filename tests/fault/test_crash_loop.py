@@ -437,24 +437,12 @@ def _seed() -> int:
     return int(env) if env else random.SystemRandom().randrange(1 << 32)
 
 
-FAIL_OPEN_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=FailOpenError,
-    reason="fail-open is not reliable: after SIGKILL fusermount3 (3.14) sometimes leaves "
-    "the dead mount in place (about 1 kill in 4-10 here, also with --no-capture); its "
-    "watchdog unmounts only if open(mountpoint) fails with ENOTCONN. Every other check "
-    "still runs and fails the test with another exception.",
-)
-
-
-@FAIL_OPEN_XFAIL
 def test_crash_loop(workdir: Path, store_dir: Path) -> None:
     crash_loop(workdir, store_dir, _seed(), iterations=20)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
-@FAIL_OPEN_XFAIL
 def test_crash_loop_soak(workdir: Path, store_dir: Path) -> None:
     crash_loop(workdir, store_dir, _seed(), iterations=300, big_size=(4 * MiB, 24 * MiB),
                max_total=150 * MiB)  # fmt: skip
