@@ -172,17 +172,15 @@ def mbps(nbytes: int, secs: float) -> float:
 
 
 def fmt_timing(nbytes: int, t: Timing) -> str:
-    """Table cells: MB/s wall | MB per CPU-second | CPU utilisation | host busy."""
-    return (
-        f"{mbps(nbytes, t.wall):,.0f} | {mbps(nbytes, t.cpu):,.0f} | {t.util:.2f} "
-        f"| {t.host_busy:.0%}"
-    )
+    """Cells: MB/s wall | MB per CPU-second | our CPU util | CPUs used by other processes."""
+    others = max(0.0, t.host_busy * (os.cpu_count() or 1) - t.util)
+    return f"{mbps(nbytes, t.wall):,.0f} | {mbps(nbytes, t.cpu):,.0f} | {t.util:.2f} | {others:.2f}"
 
 
 # ---------------------------------------------------------------- components
 
 
-def bench_components(sample: bytes, params: ChunkerParams) -> list[str]:
+def bench_components(sample: bytes, params: ChunkerParams, repeat: int) -> list[str]:
     """Each hot loop alone on in-memory data, 1 and 2 threads, best of 3.
 
     The CPU-utilisation column tells GIL release apart from contention: a loop
@@ -218,20 +216,88 @@ def bench_components(sample: bytes, params: ChunkerParams) -> list[str]:
 
     jobs: list[tuple[str, Callable[[int], None], int]] = [
         ("pyfastcdc cut (`cut_lengths`)", cdc_job, 4 * len(sample)),
-        ("`chunk_id` (xxh3-128 hasher, GIL released)", id_job, 16 * len(sample)),
-        ("xxhash.xxh3_128_digest one-shot (holds GIL)", oneshot_job, 16 * len(sample)),
+        ("`chunk_id` (xxh3-128 hasher)", id_job, 16 * len(sample)),
+        ("xxh3_128_digest one-shot (GIL held before xxhash 4.1)", oneshot_job, 16 * len(sample)),
         *((f"`compress_chunk` level {lv}", zstd_job(lv), zbytes) for lv in (1, 2, 3)),
     ]
     lines = [
-        "| hot loop (1 MiB pieces) | threads | MB/s wall | MB/CPU-s | CPU util | host busy |",
+        "| hot loop (1 MiB pieces) | threads | MB/s wall | MB/CPU-s | CPU util | others' CPUs |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, job, nbytes in jobs:
         job(0)  # warm up
         for n in (1, 2):
-            t = min(run_threads(n, job) for _ in range(3))
+            t = min(run_threads(n, job) for _ in range(repeat))
             lines.append(f"| {name} | {n} | {fmt_timing(n * nbytes, t)} |")
     return lines
+
+
+def gil_probe(op: Callable[[], object]) -> tuple[float, float]:
+    """(seconds, share of its solo speed that a pure-Python thread keeps during op).
+
+    A call that holds the GIL freezes every other Python thread for its whole
+    duration (share ~0); one that releases it lets the other thread run on the
+    other core (share well above 0, up to ~1 with a free core).  This does not
+    depend on how busy the host is, unlike a two-thread speed-up.
+    """
+    count = [0]
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            for _ in range(1000):
+                n += 1
+            count[0] = n
+
+    t = threading.Thread(target=spin)
+    t.start()
+    time.sleep(0.2)
+    c0, t0 = count[0], time.perf_counter()
+    time.sleep(0.3)
+    solo = (count[0] - c0) / (time.perf_counter() - t0)
+    c0, t0 = count[0], time.perf_counter()
+    op()
+    secs = time.perf_counter() - t0
+    during = (count[0] - c0) / secs
+    stop.set()
+    t.join()
+    return secs, during / solo
+
+
+def bench_gil(sample: bytes, params: ChunkerParams) -> list[str]:
+    """Median of 5 probes per call; calls repeated to ~50 ms so that the GIL
+    switch interval (set to 0.1 ms here) is small against them."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0001)
+    big = sample[: 64 << 20]
+
+    def times(n: int, fn: Callable[[], object]) -> Callable[[], None]:
+        def op() -> None:
+            for _ in range(n):
+                fn()
+
+        return op
+
+    try:
+        rows = [
+            ("pyfastcdc cut, 4 x 64 MiB", times(4, lambda: cut_lengths(big, params))),
+            ("`chunk_id` (xxh3 hasher), 16 x 64 MiB", times(16, lambda: chunk_id(big))),
+            ("xxh3_128_digest, 16 x 64 MiB", times(16, lambda: xxhash.xxh3_128_digest(big))),
+            ("`compress_chunk` level 3, 1 x 16 MiB", lambda: compress_chunk(big[: 16 << 20])),
+        ]
+        lines = [
+            "| call | seconds | other Python thread's progress during the call |",
+            "|---|---:|---:|",
+        ]
+        for name, op in rows:
+            probes = sorted((gil_probe(op) for _ in range(5)), key=lambda x: x[1])
+            secs, share = probes[2]
+            verdict = "GIL released" if share > 0.15 else "GIL held"
+            lines.append(f"| {name} | {secs:.3f} | {share:.0%} ({verdict}) |")
+        return lines
+    finally:
+        sys.setswitchinterval(old)
 
 
 # ---------------------------------------------------------------- throughput
@@ -351,7 +417,7 @@ def main() -> int:
     ap.add_argument("--variants", default="1,2,3,3s", help="zstd variants for 'stored' "
                     "(N = compress_chunk level N, Ns = stock zstd level N)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=2, help="best of N for throughput runs")
+    ap.add_argument("--repeat", type=int, default=5, help="best of N for throughput runs")
     ap.add_argument("--skip", default="", help="comma list: components,throughput,stored")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
@@ -374,7 +440,7 @@ def main() -> int:
     t0 = time.perf_counter()
     preread(tool1 + day1 + tool2)
     print(f"pre-read all trees into the page cache: {time.perf_counter() - t0:.1f} s\n")
-    cols = "MB/s wall | MB/CPU-s | CPU util | host busy"
+    cols = "MB/s wall | MB/CPU-s | CPU util | others' CPUs"
     ruler = "---:|---:|---:|---:"
 
     if "components" not in skip:
@@ -382,7 +448,10 @@ def main() -> int:
         with open(biggest, "rb") as fh:
             sample = fh.read(256 << 20)
         print(f"## components ({len(sample) / MIB:.0f} MiB of {biggest.name}, in memory)\n")
-        print("\n".join(bench_components(sample, DEFAULT_PARAMS)), "\n", flush=True)
+        print("### GIL release probe\n")
+        print("\n".join(bench_gil(sample, DEFAULT_PARAMS)), "\n", flush=True)
+        print("### each hot loop alone, 1 and 2 threads\n")
+        print("\n".join(bench_components(sample, DEFAULT_PARAMS, args.repeat)), "\n", flush=True)
 
     if "throughput" not in skip:
         print("## throughput over tool1 (page cache), default params\n")
