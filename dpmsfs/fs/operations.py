@@ -163,6 +163,13 @@ class PassthroughOperations(pyfuse3.Operations):
             raise OSError(errno.ENOENT, "no snapshots are served")
         return self.snapshots
 
+    def _attr_entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        """Attributes for a getattr or setattr reply: the real inode number, even the
+        root's (the kernel takes st_ino from the attributes, not from the node id)."""
+        entry = self._entry(st)
+        entry.st_ino = st.st_ino
+        return entry
+
     def _stat(self, node: Node) -> os.stat_result:
         if node.is_dir:
             return os.stat(self.inodes.dir_fd(node))
@@ -274,7 +281,7 @@ class PassthroughOperations(pyfuse3.Operations):
         try:
             if inode >= VIRTUAL_BASE:
                 return self._virtual_entry(self._vfs().getattr(inode))
-            return self._entry(self._stat(self.inodes.get(inode)))
+            return self._attr_entry(self._stat(self.inodes.get(inode)))
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 
@@ -323,8 +330,8 @@ class PassthroughOperations(pyfuse3.Operations):
         if changed_meta:
             self._record(ChangeKind.SETATTR, node)
         if fh is not None:
-            return self._entry(os.fstat(fh))
-        return self._entry(self._stat(node))
+            return self._attr_entry(os.fstat(fh))
+        return self._attr_entry(self._stat(node))
 
     def _is_symlink(self, node: Node) -> bool:
         return stat.S_ISLNK(self._stat(node).st_mode)
@@ -634,16 +641,21 @@ class PassthroughOperations(pyfuse3.Operations):
         for index in range(start_id, len(entries)):
             name = entries[index]
             try:
-                if index < 2:
-                    target = node if index == 0 or node.parent is None else node.parent
-                    st = self._stat(target)
+                if index == 0:
+                    st = self._stat(node)
+                elif index == 1 and node is self.inodes.root:
+                    # The work directory's real parent, as a native listing shows. Only
+                    # from the root: ".." landing on the work directory would follow the
+                    # mount on top of it, and wait for this very loop.
+                    st = os.stat(b"..", dir_fd=dir_fd)
+                elif index == 1:
+                    st = self._stat(node.parent or node)
                 else:
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # removed since the listing was taken
-            entry = self._entry(st)
-            if index < 2:
-                entry.st_ino = node.ino if index == 0 else (node.parent or node).ino
+            # The kernel links no node for "." and "..": only their d_ino is used.
+            entry = self._attr_entry(st) if index < 2 else self._entry(st)
             if not pyfuse3.readdir_reply(token, name, entry, index + 1):
                 break
             if index >= 2:
