@@ -6,6 +6,7 @@ terminate, then kill, so a failing test never leaves a mount behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -165,3 +166,60 @@ def thread_mount(workdir: Path) -> Iterator[ThreadMount]:
     mount = ThreadMount(workdir)
     yield mount
     mount.stop()
+
+
+# --- differential testing: a native directory beside a mounted one --------------------
+
+
+@contextlib.contextmanager
+def scratch_base() -> Iterator[Path]:
+    """A world-traversable scratch directory under /tmp, removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="dpmsfs-test-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        force_unmount(base / "work")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class MountedPair:
+    """`native` (plain directory) and `mount` (dpmsfs over base/work), created alike.
+
+    `under` reaches the real directory beneath the mount, through a descriptor opened
+    before mounting, to compare what the mount reports with what is really there.
+    """
+
+    def __init__(self, base: Path, fd_budget: int = 4096) -> None:
+        self.base = base
+        self.native = base / "native"
+        self.mount = base / "work"
+        self.native.mkdir(mode=0o755)
+        self.mount.mkdir(mode=0o755)
+        os.chmod(self.native, 0o755)
+        os.chmod(self.mount, 0o755)
+        self.under_fd = os.open(self.mount, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.under = Path(f"/proc/self/fd/{self.under_fd}")
+        self.fd_budget = fd_budget
+        self._churn_counter = 0
+        self.churn_dirs: list[str] = []
+        self.thread_mount = ThreadMount(self.mount, fd_budget=fd_budget)
+        if fd_budget < 4096:
+            # More directories than descriptors, so every churn() evicts the others.
+            for i in range(3 * fd_budget):
+                name = f".churn/d{i:03d}"
+                (self.mount / name).mkdir(parents=True)
+                self.churn_dirs.append(name)
+
+    def churn(self) -> None:
+        """Make the daemon open every churn directory (a lookup of a new name in each),
+        evicting the descriptors of the directories the test is working in."""
+        self._churn_counter += 1
+        for name in self.churn_dirs:
+            os.path.lexists(self.mount / name / f"nx{self._churn_counter}")
+
+    def close(self) -> None:
+        try:
+            self.thread_mount.stop()
+        finally:
+            os.close(self.under_fd)
