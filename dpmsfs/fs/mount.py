@@ -108,7 +108,7 @@ def serve(
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc})") from None
     _allow_setid_and_devices(workdir)
-    watchdog_fd = watchdog.start(str(workdir))
+    fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
     unmounted_by_us = False
     try:
@@ -119,8 +119,8 @@ def serve(
         pyfuse3.close(unmount=unmounted_by_us)
         ops.close()
         os.close(root_fd)
-        if watchdog_fd is not None:
-            os.close(watchdog_fd)  # the watchdog finds the mount gone and exits
+        if fail_open is not None:
+            fail_open.stop()  # it finds the mount gone and exits
         log.info("unmounted %s", workdir)
 
 

@@ -4,13 +4,20 @@ Each handler translates the request, performs it on the real directory relative 
 descriptors held by the `InodeTable`, reports the change through the `ChangeSink`, and
 maps `OSError` to `FUSEError`. Nothing else happens here: no store access, no hashing.
 
-Performance notes (measured in scripts/bench_mount.py):
+Performance notes (measured in scripts/bench_mount.py, see docs/benchmarks.md):
 * The kernel caches entries and attributes for a long time and keeps the page cache
   across opens: only this daemon changes the real directory while it is mounted, and
   the kernel sees every change it makes through this mount.
-* The writeback cache is on: the kernel merges small writes into large ones. With it, a
-  file opened write-only must be opened read-write underneath (the kernel reads to fill
-  partial pages) and O_APPEND is resolved by the kernel, so it is removed underneath.
+* The writeback cache is OFF, on purpose: with it, data the equipment has written sits
+  in the kernel until it is written back to this daemon, and is lost if the daemon dies
+  (fail-open must never lose a write that returned); the kernel also keeps its own file
+  times, so captured mtimes drifted from what `stat` showed. Write-through costs one
+  request per write() call; the writeback cache had its own extra requests (a GETXATTR
+  security.capability per write, a SETATTR per unlink).
+* O_APPEND is resolved by the kernel (it sends the offset), O_DIRECT is dropped
+  underneath (requests arrive in unaligned buffers), a write-only open is read-write
+  underneath (harmless, and needed if the writeback cache is ever turned on).
+* FLUSH is declined once (ENOSYS) so the kernel stops sending one per close().
 * Handlers run inline on the trio thread; a local-disk syscall is cheaper than a thread
   hop. Only fsync leaves the loop, because it waits for the disk.
 """
@@ -87,7 +94,7 @@ class _OpenDir:
 class PassthroughOperations(pyfuse3.Operations):
     """Serve the directory open as `root_fd` through FUSE."""
 
-    enable_writeback_cache = True
+    enable_writeback_cache = False
     supports_dot_lookup = False
 
     def __init__(
@@ -297,7 +304,6 @@ class PassthroughOperations(pyfuse3.Operations):
         if inode >= VIRTUAL_BASE:
             raise ReadOnly()
         node = self.inodes.get(inode)
-        is_link = not node.is_dir and node.fd is None and self._is_symlink(node)
         if fields.update_size:
             if fh is not None:
                 os.ftruncate(fh, attr.st_size)
@@ -315,7 +321,7 @@ class PassthroughOperations(pyfuse3.Operations):
             self._at_call(node, lambda d, n, f: syscalls.fchownat(d, n, uid, gid, f))
             changed_meta = True
         if fields.update_mode:
-            if is_link:
+            if not node.is_dir and node.fd is None and self._is_symlink(node):
                 raise OSError(errno.EOPNOTSUPP, "symlinks have no mode")
             if fh is not None:
                 os.fchmod(fh, stat.S_IMODE(attr.st_mode))
@@ -516,7 +522,7 @@ class PassthroughOperations(pyfuse3.Operations):
     # --- files -----------------------------------------------------------------------
     @staticmethod
     def _underlying_flags(flags: int) -> int:
-        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)
+        flags &= ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT)
         if flags & os.O_ACCMODE == os.O_WRONLY:
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return (flags & ~os.O_APPEND) | os.O_CLOEXEC
@@ -586,7 +592,8 @@ class PassthroughOperations(pyfuse3.Operations):
         return written
 
     async def flush(self, fh: int) -> None:
-        return None
+        # Nothing to do at close() for a local file; ENOSYS makes the kernel stop asking.
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_translate_errors
     async def release(self, fh: int) -> None:

@@ -39,24 +39,45 @@ def mount_identity(mount_point: str) -> tuple[int, int] | None:
     return mount.mount_id, mount.device_minor
 
 
-def start(mount_point: str) -> int | None:
-    """Start the watchdog for the mount just made; returns the fd the daemon keeps open."""
+class Watchdog:
+    """The daemon's side: the pipe's write end and the watchdog process."""
+
+    def __init__(self, write_fd: int, process: subprocess.Popen[bytes]) -> None:
+        self.write_fd = write_fd
+        self.process = process
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """After a clean unmount: the watchdog sees end of file, no mount, and exits."""
+        os.close(self.write_fd)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("fail-open watchdog %d did not exit; killing it", self.process.pid)
+            self.process.kill()
+            self.process.wait()
+
+
+def start(mount_point: str) -> Watchdog | None:
+    """Start the watchdog for the mount just made at `mount_point`."""
     identity = mount_identity(mount_point)
     if identity is None:
         log.warning("no dpmsfs mount found at %s: no fail-open watchdog", mount_point)
         return None
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
-        subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "dpmsfs.fs.watchdog", mount_point, str(identity[0]),
              str(identity[1]), str(read_fd)],
             pass_fds=(read_fd,),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+    except BaseException:
+        os.close(write_fd)
+        raise
     finally:
         os.close(read_fd)
-    return write_fd
+    return Watchdog(write_fd, process)
 
 
 def _detach(mount_point: str, mount_id: int, connection: int) -> bool:

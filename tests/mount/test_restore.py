@@ -294,12 +294,6 @@ def test_path_errors_are_one_line(mounted: CliMount, store_dir: Path) -> None:
     assert result.returncode == 3 and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="writeback cache: the kernel's mtime for a file just written through the mount "
-    "differs from the underlying file's (set when the data is flushed), and the snapshot "
-    "captures the latter; in dpmsfs/fs/operations.py (not issue 5's code)",
-)
 def test_mtime_of_a_file_written_through_the_mount_is_captured(
     mounted: CliMount, store_dir: Path
 ) -> None:
