@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from chunker import chunk_id, iter_chunks
+from chunker import chunk_id
 from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.errors import DpmsError
 from dpmsfs.store.tree import EntryType, TreeEntry, check_name
@@ -154,8 +154,10 @@ class Restorer:
                      0o600, dir_fd=parent_fd)  # fmt: skip
         try:
             written = 0
+            lengths = []
             for data in self.reader.iter_content(entry):
                 os.write(fd, data)
+                lengths.append(len(data))
                 written += len(data)
                 self.stats.bytes += len(data)
                 self._report()
@@ -164,9 +166,8 @@ class Restorer:
                     f"{os.fsdecode(entry.name)}: snapshot says {entry.size} bytes, "
                     f"its chunks hold {written}"
                 )
-            self._verify_written(fd, entry)
+            self._verify_written(fd, entry, lengths)
             self._apply_metadata(fd, entry)
-            os.fsync(fd)
             os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException:
             try:
@@ -180,19 +181,17 @@ class Restorer:
             self._links[entry.link_key] = (os.dup(parent_fd), entry.name)
         self.stats.files += 1
 
-    def _verify_written(self, fd: int, entry: TreeEntry) -> None:
-        """Chunk what was written and compare the ids with the snapshot's."""
+    def _verify_written(self, fd: int, entry: TreeEntry, lengths: list[int]) -> None:
+        """Read back what was written and check each chunk's id against the snapshot's.
+
+        The chunks were checked against their ids when read from the store; this catches
+        what happened on the way to the target (a short write, a faulty disk or cache).
+        """
         offset = 0
-
-        def read(size: int) -> bytes:
-            nonlocal offset
-            data = os.pread(fd, size, offset)
-            offset += len(data)
-            return data
-
-        ids = tuple(chunk_id(chunk) for chunk in iter_chunks(read))
-        if ids != entry.content:
-            raise RestoreError(f"{os.fsdecode(entry.name)}: written content does not verify")
+        for expected, length in zip(entry.content, lengths, strict=True):
+            if chunk_id(os.pread(fd, length, offset)) != expected:
+                raise RestoreError(f"{os.fsdecode(entry.name)}: written content does not verify")
+            offset += length
 
     def _restore_special(self, entry: TreeEntry, parent_fd: int) -> None:
         if not self._clear_way(parent_fd, entry.name, keep_dir=False):

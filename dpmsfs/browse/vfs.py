@@ -18,6 +18,7 @@ import logging
 import os
 import stat
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -29,6 +30,7 @@ from dpmsfs.store.tree import EntryType, TreeEntry, find
 log = logging.getLogger(__name__)
 
 VIRTUAL_BASE = 1 << 62
+TREE_CACHE_ENTRIES = 100_000  # decoded entries kept (~200 bytes each): bounded memory
 SNAPSHOTS_INO = VIRTUAL_BASE + 1
 LATEST = b"latest"
 
@@ -101,6 +103,8 @@ class SnapshotTree:
         self._lock = threading.Lock()
         self._files: dict[int, OpenFile] = {}
         self._next_fh = VIRTUAL_BASE
+        self._trees: OrderedDict[bytes, list[TreeEntry]] = OrderedDict()
+        self._tree_entries = 0
         root = VNode(SNAPSHOTS_INO, ("root",), None, None, None, 0)
         root.lookups = 1 << 40  # never forgotten
         self._nodes[SNAPSHOTS_INO] = root
@@ -234,11 +238,23 @@ class SnapshotTree:
         return dict(node.entry.xattrs) if node.entry is not None else {}
 
     def _tree(self, tree_id: bytes) -> list[TreeEntry]:
+        """A decoded tree, from a small LRU: `ls -l` of a 10,000-entry directory looks
+        up every name in it, and decoding the tree each time made that quadratic."""
+        cached = self._trees.get(tree_id)
+        if cached is not None:
+            self._trees.move_to_end(tree_id)
+            return cached
         try:
-            return self.store.read_tree(tree_id)
+            entries = self.store.read_tree(tree_id)
         except StoreError as exc:
             log.error("snapshot tree %s unreadable from the local store: %s", tree_id.hex(), exc)
             raise OSError(errno.EIO, "snapshot tree unreadable") from None
+        self._trees[tree_id] = entries
+        self._tree_entries += len(entries)
+        while self._tree_entries > TREE_CACHE_ENTRIES and len(self._trees) > 1:
+            _, dropped = self._trees.popitem(last=False)
+            self._tree_entries -= len(dropped)
+        return entries
 
     # --- files -----------------------------------------------------------------------
     def open(self, ino: int, flags: int) -> int:

@@ -105,6 +105,7 @@ def run_restore(args: argparse.Namespace) -> int:
                 restorer.restore_entry(entry, parent_fd)
             finally:
                 os.close(parent_fd)
+        os.sync()  # once for the whole restore, not an fsync per file
     finally:
         os.close(target_fd)
         restorer.close()
