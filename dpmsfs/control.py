@@ -13,9 +13,10 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
+if TYPE_CHECKING:
+    import trio
 
 from dpmsfs.errors import DpmsError, UnavailableError
 
@@ -27,6 +28,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 async def serve_control(path: Path, handlers: dict[str, Handler]) -> None:
     """Serve requests {"cmd": NAME, ...} with handlers[NAME] until cancelled."""
+    import trio  # only the daemon needs it: CLI clients start faster without
+
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         path.unlink()

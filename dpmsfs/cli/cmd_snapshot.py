@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpmsfs import control, daemon, mountinfo
+from dpmsfs import control, mountinfo
 from dpmsfs.cli.common import add_workdir_arguments, load_config
 from dpmsfs.config import Config
 
@@ -31,4 +31,6 @@ def take(cfg: Config, label: str) -> str:
     if mountinfo.is_dpmsfs_mount(cfg.workdir):
         reply = control.call(cfg.control_socket, {"cmd": "snapshot", "label": label}, timeout=None)
         return str(reply["snapshot"])
+    from dpmsfs import daemon  # pyfuse3 and trio: only for the offline path
+
     return daemon.snapshot_offline(cfg, label)

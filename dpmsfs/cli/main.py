@@ -8,36 +8,46 @@ arguments beside the function doing the work. Errors an operator can act on are
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
 from dpmsfs import __version__
-from dpmsfs.cli import (
-    cmd_diff,
-    cmd_log,
-    cmd_mount,
-    cmd_restore,
-    cmd_snapshot,
-    cmd_snapshots,
-    cmd_status,
-    cmd_umount,
-    cmd_verify,
-)
 from dpmsfs.errors import EXIT_INTERRUPTED, EXIT_USAGE, DpmsError
 
-COMMANDS: list[ModuleType] = [
-    cmd_mount,
-    cmd_umount,
-    cmd_status,
-    cmd_snapshot,
-    cmd_snapshots,
-    cmd_log,
-    cmd_diff,
-    cmd_restore,
-    cmd_verify,
-]
+# name -> (module, one-line help). Only the module of the command being run is imported:
+# `dpmsfs log` or `restore` of one small file should not pay for pyfuse3 and trio.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "mount": ("cmd_mount", "mount dpmsfs over a work directory"),
+    "umount": ("cmd_umount", "unmount a dpmsfs work directory"),
+    "status": ("cmd_status", "show the capture state of a work directory"),
+    "snapshot": ("cmd_snapshot", "take a snapshot now (waits for pending changes)"),
+    "snapshots": ("cmd_snapshots", "list snapshots"),
+    "log": ("cmd_log", "the version history of one file"),
+    "diff": ("cmd_diff", "what changed between two snapshots"),
+    "restore": ("cmd_restore", "restore files, directories or the whole tree"),
+    "verify": ("cmd_verify", "check the store"),
+}
+
+
+def _load(name: str) -> ModuleType:
+    return importlib.import_module(f"dpmsfs.cli.{COMMANDS[name][0]}")
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The command named on the command line (skipping the global options)."""
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--log-level":
+            skip_next = True
+        elif not arg.startswith("-"):
+            return arg if arg in COMMANDS else None
+    return None
+
 
 EXIT_STATUS_HELP = """\
 EXIT STATUS
@@ -51,7 +61,8 @@ EXIT STATUS
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, the other commands are listed but not imported."""
     parser = argparse.ArgumentParser(
         prog="dpmsfs",
         description="Versioned file system for test-equipment work directories.",
@@ -66,13 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="logging verbosity on stderr (default: WARNING)",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMANDS:
-        module.register(subparsers)
+    for name, (_, summary) in COMMANDS.items():
+        if only is None or name == only:
+            _load(name).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_chosen_command(argv))
     args, extra = parser.parse_known_args(argv)
     if extra:
         # argparse (3.11) cannot take positionals after options ("restore W --snapshot S
