@@ -99,6 +99,18 @@ def ensure_peers() -> dict[str, str]:
     return versions
 
 
+def run_text(cmd: list[str]) -> str:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout
+
+
+def code_state() -> dict[str, Any]:
+    """The commit measured, and uncommitted changes to the code the daemon runs."""
+    git = ["git", "-C", str(ROOT)]
+    head = run_text([*git, "rev-parse", "--short", "HEAD"]).strip()
+    dirty = run_text([*git, "status", "--porcelain", "--", "dpmsfs", "chunker"]).splitlines()
+    return {"head": head, "uncommitted": [line.strip() for line in dirty if line.strip()]}
+
+
 def du_bytes(path: Path) -> int:
     out = subprocess.run(["du", "-sb", str(path)], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[0])
@@ -705,6 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir = Path(tempfile.mkdtemp(prefix=f"run{index}-", dir=base))
         os.chmod(run_dir, 0o755)
         result = RunResult()
+        result.put("env", "loadavg_1min_at_start", os.getloadavg()[0])
         log(f"run {index + 1}/{args.runs} in {run_dir}")
         try:
             if "import" in workloads:
@@ -744,6 +757,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "command": sys.argv,
             "versions": versions,
+            "code": code_state(),
             "size_mb": args.size_mb,
             "evict": do_evict,
             "median": med,
