@@ -319,6 +319,6 @@ def test_random_operations(env: MountedPair, seed: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", range(100, 110))
+@pytest.mark.parametrize("seed", range(100, 106))
 def test_random_operations_long(env: MountedPair, seed: int) -> None:
-    exercise(env, seed, 5000)
+    exercise(env, seed, 1500)  # ~40 s each: the tree is compared after every step
