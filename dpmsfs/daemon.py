@@ -73,7 +73,8 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         stack.callback(engine.close)
 
         async def status(_: dict[str, Any]) -> dict[str, Any]:
-            return {"status": engine.status_report()}
+            # LMDB reads and stats of pending files: never on the FUSE loop's thread.
+            return {"status": await trio.to_thread.run_sync(engine.status_report)}
 
         async def snapshot(request: dict[str, Any]) -> dict[str, Any]:
             record = await engine.snapshot(label=str(request.get("label", "")))

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.5
 INGEST_POLL = 0.5
-BATCH_PATHS = 256
+BATCH_PATHS = 1024  # per commit: a commit seals a pack, so small files need big batches
+CLOSE_SETTLE_SECONDS = 1.0  # a closed file reopened at once (append, rewrite) is one version
 # How long capture stays paused before retrying a failing store (tests shorten it).
 PAUSE_RETRY_SECONDS = float(os.environ.get("DPMSFS_PAUSE_RETRY_SECONDS", "10"))
 
@@ -75,7 +76,9 @@ class CaptureEngine:
         self.write_lock = threading.Lock()
         self.journal = ChangeJournal(self.db, clock)
         self.status = CaptureStatus()
-        self.scan_progress = ScanProgress()
+        # Running from the start: a snapshot asked for before the start-up scan thread
+        # began must still wait for it (run() and snapshot_offline() always scan first).
+        self.scan_progress = ScanProgress(running=True)
         self._limiter = trio.CapacityLimiter(max(1, config.ingest_threads))
         self._wake_ingest = trio.Event()
         self._force_until_seq = 0  # ingest everything up to this seq without waiting
@@ -188,7 +191,7 @@ class CaptureEngine:
         if entry.seq <= self._force_until_seq:
             return True
         if entry.flags & Pending.CLOSED:
-            return True
+            return now_ns - entry.last_ns >= CLOSE_SETTLE_SECONDS * 1e9
         quiet = now_ns - entry.last_ns >= self.config.quiet_seconds * 1e9
         overdue = now_ns - entry.first_ns >= self.config.max_delay_seconds * 1e9
         return quiet or overdue
@@ -226,22 +229,42 @@ class CaptureEngine:
             self._ingest_idle = trio.Event()
 
     async def _ingest_batch(self, batch: list[_Work]) -> None:
-        outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
+        """Capture a batch on the worker threads (one hand-off per thread), then commit."""
         now_ns = self.clock.now_ns()
+        outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
+        threads = max(1, self.config.ingest_threads)
 
-        async def one(work: _Work) -> None:
+        async def run_slice(part: list[_Work]) -> None:
+            done = await trio.to_thread.run_sync(
+                self._capture_many, part, now_ns, limiter=self._limiter
+            )
+            outcomes.extend(done)
+
+        async with trio.open_nursery() as nursery:
+            for index in range(threads):
+                part = batch[index::threads]  # interleaved: large files spread out
+                if part:
+                    nursery.start_soon(run_slice, part)
+        await trio.to_thread.run_sync(self._commit_batch, outcomes)
+
+    def _capture_many(
+        self, part: list[_Work], now_ns: int
+    ) -> list[tuple[_Work, ingest.Outcome | None]]:
+        """Runs on a worker thread. A StoreError (disk full...) stops the batch."""
+        done: list[tuple[_Work, ingest.Outcome | None]] = []
+        for work in part:
             path = work.path
             if path is None or any(
-                is_excluded(part, self.config.exclude) for part in path.split(b"/")
+                is_excluded(name, self.config.exclude) for name in path.split(b"/")
             ):
-                outcomes.append((work, ingest.Gone()))
-                return
+                done.append((work, ingest.Gone()))
+                continue
             reuse = not work.entry.flags & Pending.CONTENT
+            outcome: ingest.Outcome | None
             try:
-                outcome: ingest.Outcome | None = await trio.to_thread.run_sync(
-                    ingest.capture, self.root_fd, path, self.store, work.previous, reuse, now_ns,
-                    limiter=self._limiter,
-                )  # fmt: skip
+                outcome = ingest.capture(
+                    self.root_fd, path, self.store, work.previous, reuse, now_ns
+                )
             except StoreError:
                 raise
             except OSError as exc:
@@ -249,12 +272,8 @@ class CaptureEngine:
                 self.status.last_error = f"{os.fsdecode(path)}: {exc.strerror}"
                 log.warning("cannot capture %s: %s", os.fsdecode(path), exc)
                 outcome = None
-            outcomes.append((work, outcome))
-
-        async with trio.open_nursery() as nursery:
-            for work in batch:
-                nursery.start_soon(one, work)
-        await trio.to_thread.run_sync(self._commit_batch, outcomes)
+            done.append((work, outcome))
+        return done
 
     def _commit_batch(self, outcomes: list[tuple[_Work, ingest.Outcome | None]]) -> None:
         now_ns = self.clock.now_ns()
@@ -325,16 +344,18 @@ class CaptureEngine:
         with self.db.read() as txn:
             self._force_until_seq = state.last_seq(txn)
         while True:
-            with self.db.read() as txn:
-                remaining = [
-                    e for _, e in state.iter_pending(txn) if e.seq <= self._force_until_seq
-                ]
+            remaining = await trio.to_thread.run_sync(self._forced_pending_left)
             if not remaining:
                 return
             if self.status.paused_reason:
                 raise StoreFullError(f"capture is paused: {self.status.paused_reason}")
             self._wake_ingest.set()
             await self._ingest_idle.wait()
+
+    def _forced_pending_left(self) -> bool:
+        """Is any journal entry older than the drain still pending? (worker thread)"""
+        with self.db.read() as txn:
+            return any(e.seq <= self._force_until_seq for _, e in state.iter_pending(txn))
 
     # --- status ----------------------------------------------------------------------
     def status_report(self) -> dict[str, Any]:

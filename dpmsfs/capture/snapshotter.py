@@ -20,9 +20,17 @@ from typing import NamedTuple
 from dpmsfs.capture import state
 from dpmsfs.clock import Clock
 from dpmsfs.store.db import Database, WriteTxn
+from dpmsfs.store.schema import ObjectType
 from dpmsfs.store.snapshots import SnapshotRecord, SnapshotStats
 from dpmsfs.store.store import Store
-from dpmsfs.store.tree import EntryType
+from dpmsfs.store.tree import (
+    ENTRY_TYPE_OFFSET,
+    TREE_HEADER_SIZE,
+    EntryType,
+    decode_tree,
+    encode_tree,
+    tree_from_encoded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +64,18 @@ def build_trees(db: Database, store: Store) -> tuple[bytes, list[TreeUpdate]]:
         queued = {d for _, d in heap}
         while heap:
             _, dir_id = heapq.heappop(heap)
-            entries = []
-            for name, child in state.children(txn, dir_id):
-                entry = child.entry
-                if entry.type == EntryType.DIR:
+            parts = []
+            for name, encoded in state.raw_children(txn, dir_id):
+                if encoded[ENTRY_TYPE_OFFSET] == EntryType.DIR:
                     sub = state.child_dir(txn, dir_id, name)
                     if sub is not None and sub in updates:
+                        (entry,) = decode_tree(tree_from_encoded([encoded]))
                         entry = entry._replace(content=(updates[sub],))
-                entries.append(entry)
-            tree_id, _ = store.write_tree(entries)
+                        encoded = encode_tree([entry])[TREE_HEADER_SIZE:]
+                parts.append(encoded)
+            # Entries are stored encoded: a tree is their concatenation, so a snapshot
+            # after a change in a 1,000-entry directory does not decode 999 others.
+            tree_id, _ = store.write_object(ObjectType.TREE, tree_from_encoded(parts))
             updates[dir_id] = tree_id
             parent = state.dir_parent(txn, dir_id)
             if parent is not None and parent[0] not in queued:

@@ -28,7 +28,13 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from dpmsfs.store.db import ReadTxn, WriteTxn
-from dpmsfs.store.tree import EntryType, TreeEntry, decode_tree, encode_tree
+from dpmsfs.store.tree import (
+    TREE_HEADER_SIZE,
+    EntryType,
+    TreeEntry,
+    decode_tree,
+    encode_tree,
+)
 
 T_NS = "cap_ns"
 T_DIRS = "cap_dirs"
@@ -251,6 +257,13 @@ def ensure_child_dir(txn: WriteTxn, dir_id: int, name: bytes) -> int:
     base = dir_path(txn, dir_id)
     assert base is not None
     return ensure_dir(txn, join(base, name))
+
+
+def raw_children(txn: ReadTxn, dir_id: int) -> Iterator[tuple[bytes, bytes]]:
+    """(name, encoded entry as a tree holds it) of directory `dir_id`, by name."""
+    skip = _STATE_HEAD.size + TREE_HEADER_SIZE
+    for key, value in _prefix_scan(txn, T_FILES, dir_id):
+        yield key[8:], value[skip:]
 
 
 def children(txn: ReadTxn, dir_id: int) -> Iterator[tuple[bytes, FileState]]:

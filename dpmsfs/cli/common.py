@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dpmsfs import config
 from dpmsfs.errors import NotFoundError, UnavailableError, UsageError
-from dpmsfs.store.errors import StoreError
-from dpmsfs.store.store import Store
+
+if TYPE_CHECKING:
+    from dpmsfs.store.store import Store
 
 
 def add_workdir_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -39,6 +41,9 @@ def load_config(args: argparse.Namespace) -> config.Config:
 
 
 def open_store_readonly(cfg: config.Config) -> Store:
+    from dpmsfs.store.errors import StoreError  # lmdb, zstd: only when a store is opened
+    from dpmsfs.store.store import Store
+
     if not (cfg.store / "index").is_dir():
         raise NotFoundError(f"no store at {cfg.store} (has this work directory been mounted?)")
     try:

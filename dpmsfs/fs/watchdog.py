@@ -29,6 +29,7 @@ from dpmsfs.mountinfo import FSTYPE, topmost
 log = logging.getLogger(__name__)
 
 MNT_DETACH = 2
+FUSECTL = Path("/sys/fs/fuse/connections")
 
 
 def mount_identity(mount_point: str) -> tuple[int, int] | None:
@@ -84,12 +85,15 @@ def _detach(mount_point: str, mount_id: int, connection: int) -> bool:
     identity = mount_identity(mount_point)
     if identity is None or identity[0] != mount_id:
         return False  # unmounted cleanly, or already replaced by a new mount
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     abort = Path(f"/sys/fs/fuse/connections/{connection}/abort")
+    if not abort.parent.exists() and FUSECTL.is_dir():
+        # fusectl is not mounted on every system (it is not on these tools' images).
+        libc.mount(b"fusectl", bytes(FUSECTL), b"fusectl", 0, None)
     try:
-        abort.write_text("1")
+        abort.write_text("1")  # fails every request still waiting: no process hangs
     except OSError:
         pass  # connection already gone; detaching is what matters
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
         err = ctypes.get_errno()
         if mount_identity(mount_point) == identity:

@@ -146,6 +146,16 @@ def encode_tree(entries: Iterable[TreeEntry]) -> bytes:
     return b"".join(parts)
 
 
+TREE_HEADER_SIZE = _HEADER.size
+ENTRY_TYPE_OFFSET = 2  # in an encoded entry: after the name length (>H)
+
+
+def tree_from_encoded(encoded_entries: Sequence[bytes]) -> bytes:
+    """A tree from entries encoded one by one (``encode_tree([e])[TREE_HEADER_SIZE:]``),
+    already in name order: the same bytes `encode_tree` gives, without re-encoding."""
+    return _HEADER.pack(TREE_MAGIC, TREE_VERSION, len(encoded_entries)) + b"".join(encoded_entries)
+
+
 def decode_tree(data: bytes) -> list[TreeEntry]:
     """Decode and validate an encoded tree; raise `TreeFormatError` on anything wrong."""
     size = len(data)
