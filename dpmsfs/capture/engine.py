@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 import trio
 
-from dpmsfs.capture import ingest, snapshotter, state
+from dpmsfs.capture import ingest, priority, snapshotter, state
 from dpmsfs.capture.journal import ChangeJournal
 from dpmsfs.capture.scan import ScanProgress, scan
 from dpmsfs.capture.state import FileState, JournalEntry, Pending
@@ -251,6 +251,12 @@ class CaptureEngine:
         self, part: list[_Work], now_ns: int
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         """Runs on a worker thread. A StoreError (disk full...) stops the batch."""
+        with priority.background():
+            return self._capture_each(part, now_ns)
+
+    def _capture_each(
+        self, part: list[_Work], now_ns: int
+    ) -> list[tuple[_Work, ingest.Outcome | None]]:
         done: list[tuple[_Work, ingest.Outcome | None]] = []
         for work in part:
             path = work.path

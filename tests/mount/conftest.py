@@ -223,3 +223,37 @@ class MountedPair:
             self.thread_mount.stop()
         finally:
             os.close(self.under_fd)
+
+
+# --- the CLI against a mount with its own store -------------------------------------
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`dpmsfs ARGS...` as a child process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "dpmsfs.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def cli_snapshot(workdir: Path, store_dir: Path, label: str = "") -> str:
+    """`dpmsfs snapshot`, asserting success; returns the snapshot's name."""
+    result = run_cli("snapshot", str(workdir), "--store", str(store_dir), "--label", label)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture
+def store_dir(workdir: Path) -> Path:
+    return workdir.parent / "store"
+
+
+@pytest.fixture
+def mounted(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
+    """A versioning mount of `workdir` with its store in `store_dir`."""
+    mount = CliMount(workdir, "--store", str(store_dir))
+    yield mount
+    mount.stop()

@@ -5,21 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from dpmsfs import mountinfo
-from tests.mount.conftest import CliMount, wait_for
-
-
-def dpmsfs(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpmsfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+from tests.mount.conftest import CliMount, run_cli, wait_for
 
 
 def test_mount_keeps_the_path_and_the_contents(workdir: Path) -> None:
@@ -58,18 +47,18 @@ def test_sigkill_fails_open_and_mount_works_again(workdir: Path) -> None:
 
 def test_detached_mount_and_umount(workdir: Path, tmp_path: Path) -> None:
     log_file = tmp_path / "daemon.log"
-    result = dpmsfs("mount", "--log-file", str(log_file), str(workdir))
+    result = run_cli("mount", "--log-file", str(log_file), str(workdir))
     try:
         assert result.returncode == 0, result.stderr
         assert mountinfo.is_dpmsfs_mount(workdir)
-        second = dpmsfs("mount", str(workdir))
+        second = run_cli("mount", str(workdir))
         assert second.returncode == 5
         assert second.stderr.strip() == f"dpmsfs: {workdir}: already a dpmsfs mount"
         with open(workdir / "held", "w"):
-            busy = dpmsfs("umount", str(workdir))
+            busy = run_cli("umount", str(workdir))
         assert busy.returncode in (0, 5), busy.stderr
         if mountinfo.is_dpmsfs_mount(workdir):
-            done = dpmsfs("umount", str(workdir))
+            done = run_cli("umount", str(workdir))
             assert done.returncode == 0, done.stderr
         assert not mountinfo.is_dpmsfs_mount(workdir)
     finally:
@@ -77,14 +66,14 @@ def test_detached_mount_and_umount(workdir: Path, tmp_path: Path) -> None:
 
 
 def test_clear_errors(workdir: Path) -> None:
-    missing = dpmsfs("mount", str(workdir / "nope"))
+    missing = run_cli("mount", str(workdir / "nope"))
     assert missing.returncode == 3
     assert missing.stderr.strip().endswith("no such directory")
     (workdir / "file").write_text("")
-    not_dir = dpmsfs("mount", str(workdir / "file"))
+    not_dir = run_cli("mount", str(workdir / "file"))
     assert not_dir.returncode == 2
     assert not_dir.stderr.strip().endswith("not a directory")
     assert "Traceback" not in missing.stderr + not_dir.stderr
-    not_mounted = dpmsfs("umount", str(workdir))
+    not_mounted = run_cli("umount", str(workdir))
     assert not_mounted.returncode == 2
     assert "not a dpmsfs mount" in not_mounted.stderr

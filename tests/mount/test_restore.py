@@ -5,48 +5,16 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.mount.conftest import CliMount
+from tests.mount.conftest import CliMount, cli_snapshot, run_cli
 
 MTIME = 1_600_000_000_000_000_000
 OWNER = (1234, 2345)
 
 
-def dpmsfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpmsfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def store_dir(workdir: Path) -> Path:
-    return workdir.parent / "store"
-
-
-@pytest.fixture
-def mounted(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
-    mount = CliMount(workdir, "--store", str(store_dir))
-    yield mount
-    mount.stop()
-
-
-def snapshot(work: Path, store_dir: Path, label: str = "") -> str:
-    result = dpmsfs("snapshot", str(work), "--store", str(store_dir), "--label", label)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 def restore(work: Path, store_dir: Path, name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return dpmsfs("restore", str(work), "--store", str(store_dir), "--snapshot", name, *args)
+    return run_cli("restore", str(work), "--store", str(store_dir), "--snapshot", name, *args)
 
 
 def build(work: Path) -> None:
@@ -117,7 +85,7 @@ def check_restored(work: Path, expected: dict[str, tuple[object, ...]]) -> None:
 
 
 def snapshot_names(work: Path, store_dir: Path) -> str:
-    result = dpmsfs("snapshots", str(work), "--store", str(store_dir))
+    result = run_cli("snapshots", str(work), "--store", str(store_dir))
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -126,7 +94,7 @@ def test_whole_tree_in_place_while_mounted(mounted: CliMount, store_dir: Path) -
     work = mounted.workdir
     build(work)
     expected = state(work)
-    name = snapshot(work, store_dir, "good")
+    name = cli_snapshot(work, store_dir, "good")
     mess_up(work)
     broken = state(work)
 
@@ -150,7 +118,7 @@ def test_one_file_and_one_directory_in_place(mounted: CliMount, store_dir: Path)
     work = mounted.workdir
     build(work)
     expected = state(work)
-    name = snapshot(work, store_dir)
+    name = cli_snapshot(work, store_dir)
     mess_up(work)
 
     result = restore(work, store_dir, name, "pgm/src/main.cpp")
@@ -178,7 +146,7 @@ def test_restore_to_another_directory(mounted: CliMount, store_dir: Path) -> Non
     work = mounted.workdir
     build(work)
     expected = state(work)
-    name = snapshot(work, store_dir)
+    name = cli_snapshot(work, store_dir)
     mess_up(work)
     before_snapshots = snapshot_names(work, store_dir)
     out = work.parent / "out"
@@ -214,20 +182,20 @@ def test_restore_log_and_diff_unmounted(workdir: Path, store_dir: Path) -> None:
     expected = state(work)
     mount = CliMount(work, "--store", str(store_dir))
     try:
-        first = snapshot(work, store_dir, "one")
+        first = cli_snapshot(work, store_dir, "one")
         (work / "pgm" / "src" / "main.cpp").write_text("int main() { return 2; }\n")
         (work / "added.txt").write_text("added")
         os.unlink(work / "tagged")
-        second = snapshot(work, store_dir, "two")
+        second = cli_snapshot(work, store_dir, "two")
         (work / "pgm" / "src" / "main.cpp").write_text("int main() { return 3; }\n")
         os.unlink(work / "added.txt")
-        third = snapshot(work, store_dir, "three")
-        fourth = snapshot(work, store_dir, "four")  # unchanged
+        third = cli_snapshot(work, store_dir, "three")
+        fourth = cli_snapshot(work, store_dir, "four")  # unchanged
     finally:
         mount.stop()
 
     # log: newest first, with the snapshots holding each version.
-    log = dpmsfs("log", str(work / "pgm" / "src" / "main.cpp"), "--workdir", str(work),
+    log = run_cli("log", str(work / "pgm" / "src" / "main.cpp"), "--workdir", str(work),
                  "--store", str(store_dir))  # fmt: skip
     assert log.returncode == 0, log.stderr
     lines = log.stdout.splitlines()[1:]
@@ -236,22 +204,22 @@ def test_restore_log_and_diff_unmounted(workdir: Path, store_dir: Path) -> None:
     assert second in lines[1] and first in lines[2]
     assert "four" in lines[0] and "one" in lines[2]
     # ... also for a deleted file.
-    log = dpmsfs("log", str(work / "added.txt"), "--workdir", str(work), "--store", str(store_dir))
+    log = run_cli("log", str(work / "added.txt"), "--workdir", str(work), "--store", str(store_dir))
     assert log.returncode == 0, log.stderr
     lines = log.stdout.splitlines()[1:]
     assert len(lines) == 1 and second in lines[0]
-    missing = dpmsfs("log", str(work / "never"), "--workdir", str(work), "--store", str(store_dir))
+    missing = run_cli("log", str(work / "never"), "--workdir", str(work), "--store", str(store_dir))
     assert missing.returncode == 3 and len(missing.stderr.splitlines()) == 1
 
     # diff: + added, - removed, M changed.
-    diff = dpmsfs("diff", str(work), "--store", str(store_dir), first, second)
+    diff = run_cli("diff", str(work), "--store", str(store_dir), first, second)
     assert diff.returncode == 0, diff.stderr
     assert sorted(diff.stdout.splitlines()) == sorted(
         ["+ added.txt", "- tagged", "M pgm/src/main.cpp"]
     )
-    diff = dpmsfs("diff", str(work), "--store", str(store_dir), second, "latest")
+    diff = run_cli("diff", str(work), "--store", str(store_dir), second, "latest")
     assert sorted(diff.stdout.splitlines()) == ["- added.txt", "M pgm/src/main.cpp"]
-    diff = dpmsfs("diff", str(work), "--store", str(store_dir), third, fourth)
+    diff = run_cli("diff", str(work), "--store", str(store_dir), third, fourth)
     assert diff.stdout.strip() == ""
 
     # restore with the mount not running: in place (with pre-restore) and --to.
@@ -267,8 +235,8 @@ def test_restore_log_and_diff_unmounted(workdir: Path, store_dir: Path) -> None:
     mount = CliMount(work, "--store", str(store_dir))
     try:
         check_restored(work, expected)
-        latest = snapshot(work, store_dir)
-        diff = dpmsfs("diff", str(work), "--store", str(store_dir), first, latest)
+        latest = cli_snapshot(work, store_dir)
+        diff = run_cli("diff", str(work), "--store", str(store_dir), first, latest)
         assert diff.stdout.strip() == "", diff.stdout
     finally:
         mount.stop()
@@ -277,7 +245,7 @@ def test_restore_log_and_diff_unmounted(workdir: Path, store_dir: Path) -> None:
 def test_path_errors_are_one_line(mounted: CliMount, store_dir: Path) -> None:
     work = mounted.workdir
     (work / "a").write_text("a")
-    name = snapshot(work, store_dir)
+    name = cli_snapshot(work, store_dir)
     for args, code in (
         (("../etc/passwd",), 2),
         (("a/../../x",), 2),
@@ -301,6 +269,6 @@ def test_mtime_of_a_file_written_through_the_mount_is_captured(
     for i in range(5):
         (work / f"f{i}").write_bytes(os.urandom(100_000))
     seen = {f"f{i}": os.lstat(work / f"f{i}").st_mtime_ns for i in range(5)}
-    name = snapshot(work, store_dir)
+    name = cli_snapshot(work, store_dir)
     captured = {k: os.lstat(work / ".snapshots" / name / k).st_mtime_ns for k in seen}
     assert captured == seen

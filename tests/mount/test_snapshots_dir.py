@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,22 +22,12 @@ from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.config import Config
 from dpmsfs.store.packs import pack_path
 from dpmsfs.store.store import Store
-from tests.mount.conftest import CliMount
+from tests.mount.conftest import CliMount, run_cli
 
 NAME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{6}Z(-[0-9A-Z]+)?$")
 MTIME = 1_600_000_000_123_456_789
 OWNER = (1234, 2345)
 BIG = 9 * 1024 * 1024 + 12345  # several chunks
-
-
-def dpmsfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpmsfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def quick_snapshot(workdir: Path, store_dir: Path) -> str:
@@ -47,21 +37,9 @@ def quick_snapshot(workdir: Path, store_dir: Path) -> str:
 
 
 def take_snapshot(workdir: Path, store_dir: Path, label: str = "") -> str:
-    result = dpmsfs("snapshot", str(workdir), "--store", str(store_dir), "--label", label)
+    result = run_cli("snapshot", str(workdir), "--store", str(store_dir), "--label", label)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
-
-
-@pytest.fixture
-def store_dir(workdir: Path) -> Path:
-    return workdir.parent / "store"
-
-
-@pytest.fixture
-def mounted(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
-    mount = CliMount(workdir, "--store", str(store_dir))
-    yield mount
-    mount.stop()
 
 
 def build_tree(work: Path) -> None:

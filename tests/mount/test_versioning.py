@@ -3,45 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
-from tests.mount.conftest import CliMount
-
-
-def dpmsfs(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpmsfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-@pytest.fixture
-def store_dir(workdir: Path) -> Path:
-    return workdir.parent / "store"
-
-
-@pytest.fixture
-def versioned(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
-    mount = CliMount(workdir, "--store", str(store_dir))
-    yield mount
-    mount.stop()
-
-
-def snapshot(workdir: Path, store_dir: Path, label: str = "") -> str:
-    result = dpmsfs("snapshot", str(workdir), "--store", str(store_dir), "--label", label)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+from tests.mount.conftest import CliMount, cli_snapshot, run_cli
 
 
 def files_of(store_dir: Path, name: str) -> dict[str, bytes | str]:
@@ -70,7 +37,7 @@ def test_existing_tree_is_imported_and_edits_become_versions(
     (workdir / "results" / "lot1.stdf").write_bytes(os.urandom(300_000))
     mount = CliMount(workdir, "--store", str(store_dir))
     try:
-        first = snapshot(workdir, store_dir, "imported")
+        first = cli_snapshot(workdir, store_dir, "imported")
         assert files_of(store_dir, first) == {
             "pgm": "dir",
             "pgm/src": "dir",
@@ -85,7 +52,7 @@ def test_existing_tree_is_imported_and_edits_become_versions(
         os.symlink("pgm-v2", workdir / "pgm")
         (workdir / "results" / "gone.txt").write_text("short-lived")
         os.unlink(workdir / "results" / "gone.txt")
-        second = snapshot(workdir, store_dir, "edited")
+        second = cli_snapshot(workdir, store_dir, "edited")
         after = files_of(store_dir, second)
         assert after["pgm-v2/src/main.cpp"] == b"int main() { return 1; }\n"
         assert after["pgm"] == "-> pgm-v2"
@@ -96,11 +63,11 @@ def test_existing_tree_is_imported_and_edits_become_versions(
         assert files_of(store_dir, first)["pgm/src/main.cpp"] == b"int main() { return 0; }\n"
     finally:
         mount.stop()
-    listing = dpmsfs("snapshots", str(workdir), "--store", str(store_dir))
+    listing = run_cli("snapshots", str(workdir), "--store", str(store_dir))
     assert listing.returncode == 0
     assert first in listing.stdout and "imported" in listing.stdout
     assert second in listing.stdout and "edited" in listing.stdout
-    verify = dpmsfs("verify", str(workdir), "--store", str(store_dir), "--read-data")
+    verify = run_cli("verify", str(workdir), "--store", str(store_dir), "--read-data")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -110,24 +77,24 @@ def test_changes_while_unmounted_are_found_at_the_next_mount(
     (workdir / "a.txt").write_text("one")
     mount = CliMount(workdir, "--store", str(store_dir))
     try:
-        first = snapshot(workdir, store_dir)
+        first = cli_snapshot(workdir, store_dir)
     finally:
         mount.stop()
     (workdir / "a.txt").write_text("two")  # behind dpmsfs's back
     (workdir / "b.txt").write_text("new")
     mount = CliMount(workdir, "--store", str(store_dir))
     try:
-        second = snapshot(workdir, store_dir)
+        second = cli_snapshot(workdir, store_dir)
     finally:
         mount.stop()
     assert files_of(store_dir, first) == {"a.txt": b"one"}
     assert files_of(store_dir, second) == {"a.txt": b"two", "b.txt": b"new"}
 
 
-def test_status_reports_capture(versioned: CliMount, store_dir: Path) -> None:
-    (versioned.workdir / "x").write_bytes(b"x" * 1000)
-    snapshot(versioned.workdir, store_dir)
-    result = dpmsfs("status", str(versioned.workdir), "--store", str(store_dir), "--json")
+def test_status_reports_capture(mounted: CliMount, store_dir: Path) -> None:
+    (mounted.workdir / "x").write_bytes(b"x" * 1000)
+    cli_snapshot(mounted.workdir, store_dir)
+    result = run_cli("status", str(mounted.workdir), "--store", str(store_dir), "--json")
     assert result.returncode == 0, result.stderr
     import json
 
@@ -140,17 +107,17 @@ def test_status_reports_capture(versioned: CliMount, store_dir: Path) -> None:
     assert report["last_snapshot"]
 
 
-def test_excluded_files_are_not_captured(versioned: CliMount, store_dir: Path) -> None:
-    work = versioned.workdir
+def test_excluded_files_are_not_captured(mounted: CliMount, store_dir: Path) -> None:
+    work = mounted.workdir
     (work / "keep.c").write_text("keep")
     (work / "scratch.tmp").write_text("temporary")
     (work / "core").write_bytes(b"\0" * 100)
-    name = snapshot(work, store_dir)
+    name = cli_snapshot(work, store_dir)
     assert files_of(store_dir, name) == {"keep.c": b"keep"}
 
 
-def test_large_directory_rename_and_deep_paths(versioned: CliMount, store_dir: Path) -> None:
-    work = versioned.workdir
+def test_large_directory_rename_and_deep_paths(mounted: CliMount, store_dir: Path) -> None:
+    work = mounted.workdir
     (work / "big").mkdir()
     for i in range(300):
         (work / "big" / f"f{i:04d}").write_text(str(i))
@@ -159,9 +126,9 @@ def test_large_directory_rename_and_deep_paths(versioned: CliMount, store_dir: P
         deep = deep / ("d" * 99)
     deep.mkdir(parents=True)
     (deep / "leaf").write_text("deep")
-    first = snapshot(work, store_dir)
+    first = cli_snapshot(work, store_dir)
     os.rename(work / "big", work / "renamed")
-    second = snapshot(work, store_dir)
+    second = cli_snapshot(work, store_dir)
     before, after = files_of(store_dir, first), files_of(store_dir, second)
     assert before["big/f0299"] == b"299"
     assert after["renamed/f0299"] == b"299" and "big/f0299" not in after
