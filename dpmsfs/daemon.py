@@ -76,12 +76,17 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             return {"status": await trio.to_thread.run_sync(engine.status_report)}
 
+        async def ping(_: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
         async def snapshot(request: dict[str, Any]) -> dict[str, Any]:
             record = await engine.snapshot(label=str(request.get("label", "")))
             return {"snapshot": record.name}
 
         async def control() -> None:
-            await serve_control(config.control_socket, {"status": status, "snapshot": snapshot})
+            await serve_control(
+                config.control_socket, {"status": status, "snapshot": snapshot, "ping": ping}
+            )
 
         services: list[Service] = [engine.run, control]
         serve(options, engine.journal, services, snapshots=SnapshotTree(store))

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from dpmsfs import config, daemon, mountinfo
-from dpmsfs.errors import UnavailableError
+from dpmsfs import config, control, daemon, mountinfo
+from dpmsfs.errors import DpmsError, UnavailableError
 from dpmsfs.fs.mount import check_fuse_available, check_workdir
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,9 @@ def _spawn_daemon(args: argparse.Namespace, cfg: config.Config) -> int:
         )
     deadline = time.monotonic() + MOUNT_WAIT_SECONDS
     while time.monotonic() < deadline:
-        if mountinfo.is_dpmsfs_mount(workdir):
+        if mountinfo.is_dpmsfs_mount(workdir) and (args.no_capture or _answers(cfg)):
+            # Ready only once the daemon answers too: a `dpmsfs snapshot` right after
+            # `dpmsfs mount` must not find "daemon not running".
             print(f"dpmsfs: mounted {workdir} (pid {child.pid}, log {log_file})")
             return 0
         if child.poll() is not None:
@@ -119,6 +121,14 @@ def _spawn_daemon(args: argparse.Namespace, cfg: config.Config) -> int:
     raise UnavailableError(
         f"{workdir}: not mounted after {MOUNT_WAIT_SECONDS:.0f} s (see {log_file})"
     )
+
+
+def _answers(cfg: config.Config) -> bool:
+    try:
+        control.call(cfg.control_socket, {"cmd": "ping"}, timeout=2)
+    except DpmsError as exc:
+        return "unknown command" in str(exc)  # an old daemon without ping: it answered
+    return True
 
 
 def _last_line(path: Path) -> str:
