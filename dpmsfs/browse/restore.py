@@ -16,8 +16,10 @@ import errno
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chunker import chunk_id
@@ -59,6 +61,7 @@ class Restorer:
         delete_extra: bool,
         restore_owner: bool,
         progress: Progress | None = None,
+        workers: int = 2,
     ) -> None:
         self.reader = reader
         self.overwrite = overwrite
@@ -68,8 +71,13 @@ class Restorer:
         self.stats = RestoreStats()
         self._links: dict[int, tuple[int, bytes]] = {}  # link_key -> (dir fd dup, name)
         self._last_progress = 0.0
+        # Files are restored on worker threads (decompression, hashing and writing
+        # release the GIL): a directory waits for its files before its own metadata.
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
+        self._stats_lock = threading.Lock()
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         for fd, _ in self._links.values():
             os.close(fd)
         self._links.clear()
@@ -79,10 +87,20 @@ class Restorer:
         """Make directory `target_fd` hold what tree `tree_id` holds."""
         entries = self.reader.tree(tree_id)
         wanted = set()
-        for entry in entries:
-            check_name(entry.name)
-            wanted.add(entry.name)
-            self.restore_entry(entry, target_fd)
+        files: list[Future[None]] = []
+        try:
+            for entry in entries:
+                check_name(entry.name)
+                wanted.add(entry.name)
+                if entry.type == EntryType.FILE and not entry.link_key:
+                    files.append(self._pool.submit(self.restore_entry, entry, target_fd))
+                else:
+                    self.restore_entry(entry, target_fd)
+        finally:
+            for future in files:
+                future.exception()  # wait for all of them before raising anything
+        for future in files:
+            future.result()
         if self.delete_extra:
             for name in os.listdir(target_fd):
                 raw = os.fsencode(name)
@@ -159,7 +177,8 @@ class Restorer:
                 os.write(fd, data)
                 lengths.append(len(data))
                 written += len(data)
-                self.stats.bytes += len(data)
+                with self._stats_lock:
+                    self.stats.bytes += len(data)
                 self._report()
             if written != entry.size:
                 raise RestoreError(
@@ -179,7 +198,8 @@ class Restorer:
             os.close(fd)
         if entry.link_key:
             self._links[entry.link_key] = (os.dup(parent_fd), entry.name)
-        self.stats.files += 1
+        with self._stats_lock:
+            self.stats.files += 1
 
     def _verify_written(self, fd: int, entry: TreeEntry, lengths: list[int]) -> None:
         """Read back what was written and check each chunk's id against the snapshot's.
