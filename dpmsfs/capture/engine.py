@@ -64,6 +64,18 @@ class _Work(NamedTuple):
     previous: FileState | None
 
 
+class _WorkQueue:
+    """The files of one batch, handed out one at a time to the worker threads."""
+
+    def __init__(self, batch: list[_Work]) -> None:
+        self._items = iter(batch)
+        self._lock = threading.Lock()
+
+    def next(self) -> _Work | None:
+        with self._lock:
+            return next(self._items, None)
+
+
 class CaptureEngine:
     def __init__(self, config: Config, store: Store, clock: Clock) -> None:
         self.config = config
@@ -229,36 +241,38 @@ class CaptureEngine:
             self._ingest_idle = trio.Event()
 
     async def _ingest_batch(self, batch: list[_Work]) -> None:
-        """Capture a batch on the worker threads (one hand-off per thread), then commit."""
+        """Capture a batch on the worker threads (one hand-off per thread), then commit.
+
+        The threads take the next file from a shared queue, so one thread stuck on a
+        200 MB datalog does not leave the other idle with its share done.
+        """
         now_ns = self.clock.now_ns()
         outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
-        threads = max(1, self.config.ingest_threads)
+        queue = _WorkQueue(batch)
 
-        async def run_slice(part: list[_Work]) -> None:
+        async def worker() -> None:
             done = await trio.to_thread.run_sync(
-                self._capture_many, part, now_ns, limiter=self._limiter
+                self._capture_many, queue, now_ns, limiter=self._limiter
             )
             outcomes.extend(done)
 
         async with trio.open_nursery() as nursery:
-            for index in range(threads):
-                part = batch[index::threads]  # interleaved: large files spread out
-                if part:
-                    nursery.start_soon(run_slice, part)
+            for _ in range(min(max(1, self.config.ingest_threads), len(batch))):
+                nursery.start_soon(worker)
         await trio.to_thread.run_sync(self._commit_batch, outcomes)
 
     def _capture_many(
-        self, part: list[_Work], now_ns: int
+        self, queue: _WorkQueue, now_ns: int
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         """Runs on a worker thread. A StoreError (disk full...) stops the batch."""
         with priority.background():
-            return self._capture_each(part, now_ns)
+            return self._capture_each(queue, now_ns)
 
     def _capture_each(
-        self, part: list[_Work], now_ns: int
+        self, queue: _WorkQueue, now_ns: int
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         done: list[tuple[_Work, ingest.Outcome | None]] = []
-        for work in part:
+        while (work := queue.next()) is not None:
             path = work.path
             if path is None or any(
                 is_excluded(name, self.config.exclude) for name in path.split(b"/")
