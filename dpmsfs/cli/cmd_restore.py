@@ -105,7 +105,8 @@ def run_restore(args: argparse.Namespace) -> int:
                 restorer.restore_entry(entry, parent_fd)
             finally:
                 os.close(parent_fd)
-        os.sync()  # once for the whole restore, not an fsync per file
+        # No sync: restored data reaches the disk by the kernel's normal writeback,
+        # as with cp, restic and borg (a sync after restoring 2.3 GB took 1.0 s here).
     finally:
         os.close(target_fd)
         restorer.close()
