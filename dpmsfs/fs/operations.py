@@ -237,6 +237,25 @@ class PassthroughOperations(pyfuse3.Operations):
             if mode & (stat.S_ISUID | stat.S_ISGID) and not is_dir:
                 os.chmod(name, mode & 0o7777, dir_fd=parent_fd)
 
+    def _make(
+        self,
+        parent_inode: int,
+        name: bytes,
+        ctx: pyfuse3.RequestContext,
+        kind: ChangeKind,
+        mode: int,
+        create: Callable[[int], None],
+    ) -> pyfuse3.EntryAttributes:
+        """mknod, mkdir, symlink: create in the parent, give it to the caller, report it."""
+        parent = self._real(parent_inode)
+        self._check_reserved(parent, name)
+        parent_fd = self.inodes.dir_fd(parent)
+        create(parent_fd)
+        self._give_to_caller(parent_fd, ctx, name=name, mode=mode, is_dir=kind == ChangeKind.MKDIR)
+        entry = self._new_entry(parent, name, parent_fd)
+        self._record_child(kind, parent, name)
+        return entry
+
     def _new_entry(self, parent: Node, name: bytes, parent_fd: int) -> pyfuse3.EntryAttributes:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         self.inodes.remember(parent, name, st)
@@ -382,40 +401,28 @@ class PassthroughOperations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self._real(parent_inode)
-        self._check_reserved(parent, name)
-        parent_fd = self.inodes.dir_fd(parent)
-        os.mknod(name, mode, rdev, dir_fd=parent_fd)
-        self._give_to_caller(parent_fd, ctx, name=name, mode=mode)
-        entry = self._new_entry(parent, name, parent_fd)
-        self._record_child(ChangeKind.MKNOD, parent, name)
-        return entry
+        return self._make(
+            parent_inode, name, ctx, ChangeKind.MKNOD, mode,
+            lambda fd: os.mknod(name, mode, rdev, dir_fd=fd),
+        )  # fmt: skip
 
     @_translate_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self._real(parent_inode)
-        self._check_reserved(parent, name)
-        parent_fd = self.inodes.dir_fd(parent)
-        os.mkdir(name, mode, dir_fd=parent_fd)
-        self._give_to_caller(parent_fd, ctx, name=name, mode=mode, is_dir=True)
-        entry = self._new_entry(parent, name, parent_fd)
-        self._record_child(ChangeKind.MKDIR, parent, name)
-        return entry
+        return self._make(
+            parent_inode, name, ctx, ChangeKind.MKDIR, mode,
+            lambda fd: os.mkdir(name, mode, dir_fd=fd),
+        )  # fmt: skip
 
     @_translate_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        parent = self._real(parent_inode)
-        self._check_reserved(parent, name)
-        parent_fd = self.inodes.dir_fd(parent)
-        os.symlink(target, name, dir_fd=parent_fd)
-        self._give_to_caller(parent_fd, ctx, name=name)
-        entry = self._new_entry(parent, name, parent_fd)
-        self._record_child(ChangeKind.SYMLINK, parent, name)
-        return entry
+        return self._make(
+            parent_inode, name, ctx, ChangeKind.SYMLINK, 0,
+            lambda fd: os.symlink(target, name, dir_fd=fd),
+        )  # fmt: skip
 
     @_translate_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:

@@ -257,3 +257,15 @@ def mounted(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
     mount = CliMount(workdir, "--store", str(store_dir))
     yield mount
     mount.stop()
+
+
+@pytest.fixture(scope="module", params=[4096, 16], ids=["budget4096", "budget16"])
+def env(request: pytest.FixtureRequest) -> Iterator[MountedPair]:
+    """A native directory beside a mount, with the default and the minimum fd budget
+    (the minimum makes every directory descriptor get evicted and reopened)."""
+    with scratch_base() as base:
+        pair = MountedPair(base, fd_budget=request.param)
+        try:
+            yield pair
+        finally:
+            pair.close()

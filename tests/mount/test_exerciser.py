@@ -18,13 +18,13 @@ import errno
 import os
 import random
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mount.conftest import MountedPair, scratch_base
+from tests.mount.conftest import MountedPair
 
 NAMES = ["a", "b", "c", "d", "x", "long-" + "n" * 40]
 MODES = [0o644, 0o600, 0o755, 0o700, 0o444, 0o4755, 0o2750, 0o1777, 0o000]
@@ -293,16 +293,6 @@ class Exerciser:
                 )
                 details = {k: (expected.get(k), actual.get(k)) for k in differing[:3]}
                 raise AssertionError(f"{where}\ntrees differ at {differing}: {details!r:.2000}")
-
-
-@pytest.fixture(scope="module", params=[4096, 16], ids=["budget4096", "budget16"])
-def env(request: pytest.FixtureRequest) -> Iterator[MountedPair]:
-    with scratch_base() as base:
-        pair = MountedPair(base, fd_budget=request.param)
-        try:
-            yield pair
-        finally:
-            pair.close()
 
 
 def exercise(env: MountedPair, seed: int, steps: int) -> None:

@@ -14,13 +14,12 @@ import os
 import stat
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mount.conftest import MountedPair, scratch_base
+from tests.mount.conftest import MountedPair
 
 USER = 12345
 OTHER = 23456
@@ -132,16 +131,6 @@ def as_user(root: Path, ops: list[list[Any]], umask: int = 0o022) -> list[Any]:
         umask=umask,
     ).stdout
     return list(json.loads(out))
-
-
-@pytest.fixture(scope="module", params=[4096, 16], ids=["budget4096", "budget16"])
-def env(request: pytest.FixtureRequest) -> Iterator[MountedPair]:
-    with scratch_base() as base:
-        pair = MountedPair(base, fd_budget=request.param)
-        try:
-            yield pair
-        finally:
-            pair.close()
 
 
 def in_both(env: MountedPair, name: str) -> tuple[Path, Path]:

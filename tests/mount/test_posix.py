@@ -25,7 +25,7 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from dpmsfs.fs import syscalls
-from tests.mount.conftest import MountedPair, scratch_base, wait_for
+from tests.mount.conftest import MountedPair, wait_for
 
 Outcome = tuple[str, Any]
 
@@ -149,16 +149,6 @@ class Case:
 
 
 _counter = itertools.count()
-
-
-@pytest.fixture(scope="module", params=[4096, 16], ids=["budget4096", "budget16"])
-def env(request: pytest.FixtureRequest) -> Iterator[MountedPair]:
-    with scratch_base() as base:
-        pair = MountedPair(base, fd_budget=request.param)
-        try:
-            yield pair
-        finally:
-            pair.close()
 
 
 @pytest.fixture
