@@ -118,6 +118,9 @@ class Store:
         self._rotated: list[PackWriter] = []  # full or flushing packs, not yet indexed
         self._pending: dict[bytes, _Pending] = {}
         self._inflight: dict[bytes, threading.Event] = {}
+        self._sealer: threading.Thread | None = None
+        self._seal_wanted = threading.Event()
+        self._stopping = False
         self._handles_lock = threading.Lock()
         self._handles: dict[bytes, _PackHandle] = {}  # insertion order = LRU order
         with db.read() as txn:
@@ -252,6 +255,11 @@ class Store:
 
     def close(self) -> None:
         """Release everything.  Unflushed objects are dropped (they were never durable)."""
+        sealer = self._sealer
+        if sealer is not None:
+            self._stopping = True
+            self._seal_wanted.set()
+            sealer.join()
         with self._lock:
             writers = ([self._open] if self._open else []) + self._rotated
             if self._pending:
@@ -323,12 +331,32 @@ class Store:
                 del self._inflight[oid]
             event.set()
         if full is not None:
+            self._start_sealer()
+            self._seal_wanted.set()
+        return oid, True
+
+    def _start_sealer(self) -> None:
+        """Full packs are sealed (fsync) and indexed by a background thread, so the
+        threads writing objects never wait for the disk; `flush()` still waits for all."""
+        with self._lock:
+            if self._sealer is not None:
+                return
+            self._sealer = threading.Thread(target=self._seal_loop, name="pack-sealer", daemon=True)
+            self._sealer.start()
+
+    def _seal_loop(self) -> None:
+        while True:
+            self._seal_wanted.wait()
+            self._seal_wanted.clear()
+            if self._stopping:
+                return
             try:
                 self._seal_and_index(include_open=False)
             except StoreFullError as exc:
-                # The object itself is safely appended; the next flush retries the seal.
+                # The objects are safely appended; the next flush retries the seal.
                 log.warning("could not seal a full pack yet: %s", exc)
-        return oid, True
+            except Exception:
+                log.exception("sealing a full pack failed; the next flush retries")
 
     def flush(self) -> None:
         """The durability point: seal open packs, then commit their index entries.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -58,7 +59,11 @@ def test_unflushed_objects_are_gone_after_reopen(tmp_path: Path) -> None:
 def test_packs_rotate_at_target_size(tmp_path: Path) -> None:
     store = new_store(str(tmp_path / "s"), pack_size=64 << 10)
     ids = [store.write_chunk(os.urandom(16 << 10))[0] for _ in range(20)]
-    # full packs are sealed and indexed as they fill, before any flush
+    # full packs are sealed and indexed as they fill, before any flush (by the
+    # background sealer: the writing threads do not wait for the fsync)
+    deadline = time.monotonic() + 10
+    while store.stats().packs < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert store.stats().packs >= 3
     store.flush()
     assert all(store.read_object(i) for i in ids)
