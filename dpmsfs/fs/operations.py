@@ -74,6 +74,40 @@ def _translate_errors(
     return wrapper
 
 
+def _attributes(
+    ino: int,
+    mode: int,
+    nlink: int,
+    uid: int,
+    gid: int,
+    rdev: int,
+    size: int,
+    blksize: int,
+    blocks: int,
+    atime_ns: int,
+    mtime_ns: int,
+    ctime_ns: int,
+) -> pyfuse3.EntryAttributes:
+    """Entry attributes the kernel may cache for CACHE_TIMEOUT (entry and attributes)."""
+    entry = pyfuse3.EntryAttributes()
+    entry.st_ino = ino
+    entry.generation = 0
+    entry.entry_timeout = CACHE_TIMEOUT
+    entry.attr_timeout = CACHE_TIMEOUT
+    entry.st_mode = mode
+    entry.st_nlink = nlink
+    entry.st_uid = uid
+    entry.st_gid = gid
+    entry.st_rdev = rdev
+    entry.st_size = size
+    entry.st_blksize = blksize
+    entry.st_blocks = blocks
+    entry.st_atime_ns = atime_ns
+    entry.st_mtime_ns = mtime_ns
+    entry.st_ctime_ns = ctime_ns
+    return entry
+
+
 class _OpenFile:
     __slots__ = ("node", "wrote")
 
@@ -121,43 +155,19 @@ class PassthroughOperations(pyfuse3.Operations):
 
     # --- helpers ---------------------------------------------------------------------
     def _entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
-        entry.st_ino = self.inodes.fuse_ino(st.st_ino)
-        entry.generation = 0
-        entry.entry_timeout = CACHE_TIMEOUT
-        entry.attr_timeout = CACHE_TIMEOUT
-        entry.st_mode = st.st_mode
-        entry.st_nlink = st.st_nlink
-        entry.st_uid = st.st_uid
-        entry.st_gid = st.st_gid
-        entry.st_rdev = st.st_rdev
-        entry.st_size = st.st_size
-        entry.st_blksize = st.st_blksize
-        entry.st_blocks = st.st_blocks
-        entry.st_atime_ns = st.st_atime_ns
-        entry.st_mtime_ns = st.st_mtime_ns
-        entry.st_ctime_ns = st.st_ctime_ns
-        return entry
+        return _attributes(
+            self.inodes.fuse_ino(st.st_ino), st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
+            st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
+            st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
+        )  # fmt: skip
 
     @staticmethod
     def _virtual_entry(attr: Attr) -> pyfuse3.EntryAttributes:
-        entry = pyfuse3.EntryAttributes()
-        entry.st_ino = attr.ino
-        entry.generation = 0
-        entry.entry_timeout = CACHE_TIMEOUT
-        entry.attr_timeout = CACHE_TIMEOUT
-        entry.st_mode = attr.mode
-        entry.st_nlink = attr.nlink
-        entry.st_uid = attr.uid
-        entry.st_gid = attr.gid
-        entry.st_rdev = attr.rdev
-        entry.st_size = attr.size
-        entry.st_blksize = 4096
-        entry.st_blocks = (attr.size + 511) // 512
-        entry.st_atime_ns = attr.mtime_ns
-        entry.st_mtime_ns = attr.mtime_ns
-        entry.st_ctime_ns = attr.mtime_ns
-        return entry
+        """A snapshot entry: only its mtime was captured, so it stands for all three."""
+        return _attributes(
+            attr.ino, attr.mode, attr.nlink, attr.uid, attr.gid, attr.rdev, attr.size,
+            4096, (attr.size + 511) // 512, attr.mtime_ns, attr.mtime_ns, attr.mtime_ns,
+        )  # fmt: skip
 
     def _real(self, inode: int) -> Node:
         """The node of a real inode; a snapshot inode can never be changed."""

@@ -6,7 +6,6 @@ import hashlib
 import os
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,20 +14,11 @@ from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.errors import DpmsError
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
+from tests.mount.conftest import run_cli as dpmsfs
 
 # A tree as compared by the tests: relative path -> ("d",) | ("l", target) | ("f", sha256, size)
 Digest = tuple[object, ...]
 TreeDigest = dict[str, Digest]
-
-
-def dpmsfs(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "dpmsfs.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def file_digest(data: bytes) -> Digest:
