@@ -5,10 +5,11 @@ pyfastcdc, xxh3-128 chunk ids, zstd chunk frames.  See chunker/README.md for
 the measured choice of parameters.
 """
 
-from chunker.cdc import StreamChunker, chunk_buffer, cut_lengths, iter_chunks
+from chunker.cdc import StreamChunker, chunk_buffer, cut_lengths, iter_chunk_views, iter_chunks
 from chunker.compress import (
     CorruptChunkError,
     compress_chunk,
+    compress_frame_parts,
     decompress_chunk,
     frame_info,
 )
@@ -25,8 +26,10 @@ __all__ = [
     "chunk_buffer",
     "chunk_id",
     "compress_chunk",
+    "compress_frame_parts",
     "cut_lengths",
     "decompress_chunk",
     "frame_info",
+    "iter_chunk_views",
     "iter_chunks",
 ]

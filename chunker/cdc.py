@@ -8,11 +8,12 @@ therefore cut only while at least ``max_size`` bytes are available and leave the
 tail for the end of input, which makes streaming cut points identical to
 chunking the whole input at once, whatever the buffer sizes.
 
-Copies matter at these speeds (the cut loop runs at ~4 GB/s): :func:`iter_chunks`
-reads with ``readinto`` into one reused buffer when the reader offers it, and
-:meth:`StreamChunker.feed` cuts straight from the caller's buffer, copying only
-the bytes that straddle two calls.  The one copy left is the ``bytes`` of each
-chunk handed out.
+Copies matter at these speeds (the cut loop runs at ~4 GB/s):
+:func:`iter_chunk_views` reads with ``readinto`` into one reused buffer and hands out
+views of it (no copy at all; ingest uses it), :func:`iter_chunks` does the same when
+the reader offers ``readinto`` and copies each chunk into ``bytes``, and
+:meth:`StreamChunker.feed` cuts straight from the caller's buffer, copying only the
+bytes that straddle two calls.
 """
 
 from __future__ import annotations
@@ -55,10 +56,8 @@ def chunk_buffer(data: bytes | memoryview, params: ChunkerParams = DEFAULT_PARAM
     return [bytes(c.data) for c in _make_cdc(params).cut_buf(_byte_view(data))]
 
 
-def _cut(
-    cdc: FastCDC, view: memoryview, stop: int, avail: int, max_size: int, out: list[bytes]
-) -> int:
-    """Append chunks cut from the start of ``view`` to ``out``; return bytes consumed.
+def _cut(cdc: FastCDC, view: memoryview, stop: int, avail: int, max_size: int) -> list[int]:
+    """Lengths of the chunks cut from the start of ``view``.
 
     Cuts while the next chunk starts before ``stop`` and at least ``max_size`` of
     the ``avail`` bytes that follow the start of ``view`` (some of them possibly
@@ -66,12 +65,22 @@ def _cut(
     caller is at end of input (pass ``max_size=1``).  ``view`` must extend at
     least ``max_size`` past every chunk start it is asked to cut.
     """
+    lengths: list[int] = []
     pos = 0
     it = cdc.cut_buf(view)
     while pos < stop and avail - pos >= max_size:
-        chunk = next(it)
-        out.append(bytes(chunk.data))
-        pos += int(chunk.length)
+        length = int(next(it).length)
+        lengths.append(length)
+        pos += length
+    return lengths
+
+
+def _copies(view: memoryview, lengths: list[int], out: list[bytes]) -> int:
+    """Append ``bytes`` of consecutive chunks of ``view``; return bytes consumed."""
+    pos = 0
+    for length in lengths:
+        out.append(bytes(view[pos : pos + length]))
+        pos += length
     return pos
 
 
@@ -107,14 +116,14 @@ class StreamChunker:
             # enough of ``new`` to cut them, then continue in ``new`` itself.
             pending += new[: self._max]
             with memoryview(pending) as view:
-                pos = _cut(self._cdc, view, held, avail, self._max, out)
+                pos = _copies(view, _cut(self._cdc, view, held, avail, self._max), out)
             if pos < held:  # not enough data yet; pending held all of new
                 del pending[:pos]
                 return out
             start = pos - held
             pending.clear()
         rest = new[start:]
-        pos = _cut(self._cdc, rest, len(rest), len(rest), self._max, out)
+        pos = _copies(rest, _cut(self._cdc, rest, len(rest), len(rest), self._max), out)
         pending += rest[pos:]
         return out
 
@@ -125,7 +134,7 @@ class StreamChunker:
             return out
         self._finished = True
         with memoryview(self._pending) as view:
-            _cut(self._cdc, view, len(view), len(view), 1, out)
+            _copies(view, _cut(self._cdc, view, len(view), len(view), 1), out)
         self._pending = bytearray()
         return out
 
@@ -136,14 +145,24 @@ _BUFFER_POOL: dict[int, list[bytearray]] = {}
 _POOL_DEPTH = 4
 
 
-def _iter_readinto(
-    readinto: Callable[[memoryview], int | None], params: ChunkerParams, read_size: int
-) -> Iterator[bytes]:
-    """Chunks of a stream read with ``readinto`` into one reused buffer.
+def iter_chunk_views(
+    readinto: Callable[[memoryview], int | None],
+    params: ChunkerParams = DEFAULT_PARAMS,
+    read_size: int = 4 << 20,
+) -> Iterator[memoryview]:
+    """Chunks of a stream read with ``readinto`` into one reused buffer, as views of it.
+
+    No copy per chunk: each view is valid only until the next one is asked for (the
+    buffer is refilled, then reused by later streams), so a consumer must hash, compress
+    or copy it before moving on and must not keep it.  This is the ingest path: at
+    several hundred MB/s, a fresh multi-MiB ``bytes`` per read and per chunk costs more
+    kernel time (page faults, zeroing) than reading the file.
 
     The buffer holds ``max_size`` plus at least two more ``max_size`` of new data,
     so moving the uncut tail (< max_size) to the front costs a fraction of a copy.
     """
+    if read_size <= 0:
+        raise ValueError("read_size must be positive")
     cdc = _make_cdc(params)
     max_size = params.max_size
     cap = max_size + max(read_size, 2 * max_size)
@@ -158,15 +177,16 @@ def _iter_readinto(
         eof = False
         while True:
             while filled < cap and not eof:
-                n = readinto(view[filled : filled + read_size])
+                n = readinto(view[filled : min(cap, filled + read_size)])
                 if not n:
                     eof = True
                 else:
                     filled += n
-            out: list[bytes] = []
             limit = 1 if eof else max_size
-            pos = _cut(cdc, view[:filled], filled, filled, limit, out)
-            yield from out
+            pos = 0
+            for length in _cut(cdc, view[:filled], filled, filled, limit):
+                yield view[pos : pos + length]
+                pos += length
             if eof:
                 return
             tail = filled - pos
@@ -196,7 +216,8 @@ def iter_chunks(
     owner = getattr(read, "__self__", None)
     readinto = getattr(owner, "readinto", None)
     if readinto is not None and getattr(read, "__name__", "") == "read":
-        yield from _iter_readinto(readinto, params, read_size)
+        for view in iter_chunk_views(readinto, params, read_size):
+            yield bytes(view)
         return
     sc = StreamChunker(params)
     while True:

@@ -100,6 +100,17 @@ def _compressor(level: int, size: int) -> zstandard.ZstdCompressor:
 
 def compress_chunk(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
     """Frame ``data``: zstd at ``level`` if that shrinks it, raw otherwise."""
+    return b"".join(compress_frame_parts(data, level))
+
+
+def compress_frame_parts(
+    data: bytes | memoryview, level: int = DEFAULT_LEVEL
+) -> tuple[bytes, bytes | memoryview]:
+    """(frame header, payload) of :func:`compress_chunk`'s frame, not joined.
+
+    A writer hands both to ``pwritev`` and saves copying every chunk once more; a raw
+    payload is ``data`` itself, so it must be written before ``data``'s buffer is reused.
+    """
     view = memoryview(data).cast("B") if isinstance(data, memoryview) else data
     size = len(view)
     if size > MAX_CHUNK_SIZE:
@@ -107,8 +118,8 @@ def compress_chunk(data: bytes | memoryview, level: int = DEFAULT_LEVEL) -> byte
     if size:
         packed = _compressor(level, size).compress(view)
         if len(packed) < size:
-            return HEADER.pack(FLAG_ZSTD, size) + packed
-    return HEADER.pack(FLAG_RAW, size) + bytes(view)
+            return HEADER.pack(FLAG_ZSTD, size), packed
+    return HEADER.pack(FLAG_RAW, size), view
 
 
 def frame_info(blob: bytes | memoryview) -> tuple[int, int]:

@@ -24,10 +24,11 @@ import trio
 
 from dpmsfs.capture import ingest, priority, snapshotter, state
 from dpmsfs.capture.journal import ChangeJournal
+from dpmsfs.capture.prefetch import Prefetcher
 from dpmsfs.capture.scan import ScanProgress, scan
 from dpmsfs.capture.state import FileState, JournalEntry, Pending
 from dpmsfs.clock import Clock
-from dpmsfs.config import Config, is_excluded
+from dpmsfs.config import Config, Exclusions
 from dpmsfs.store.db import WriteTxn
 from dpmsfs.store.errors import StoreError, StoreFullError
 from dpmsfs.store.snapshots import SnapshotRecord
@@ -67,18 +68,23 @@ class _Work(NamedTuple):
 class _WorkQueue:
     """The files of one batch, handed out one at a time to the worker threads."""
 
-    def __init__(self, batch: list[_Work]) -> None:
+    def __init__(self, batch: list[_Work], prefetcher: Prefetcher | None = None) -> None:
         self._items = iter(batch)
         self._lock = threading.Lock()
+        self._prefetcher = prefetcher
 
     def next(self) -> _Work | None:
         with self._lock:
-            return next(self._items, None)
+            work = next(self._items, None)
+        if work is not None and self._prefetcher is not None:
+            self._prefetcher.taken()
+        return work
 
 
 class CaptureEngine:
     def __init__(self, config: Config, store: Store, clock: Clock) -> None:
         self.config = config
+        self._exclusions = Exclusions.of(config.exclude)
         self.store = store
         self.db = store.db
         self.db.declare(*state.ALL_TABLES)
@@ -248,7 +254,13 @@ class CaptureEngine:
         """
         now_ns = self.clock.now_ns()
         outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
-        queue = _WorkQueue(batch)
+        threads = min(max(1, self.config.ingest_threads), len(batch))
+        prefetcher = None
+        if len(batch) > threads:
+            paths = [None if self._excluded(w.path) else w.path for w in batch]
+            prefetcher = Prefetcher(self.root_fd, paths)
+            prefetcher.start()
+        queue = _WorkQueue(batch, prefetcher)
 
         async def worker() -> None:
             done = await trio.to_thread.run_sync(
@@ -256,10 +268,18 @@ class CaptureEngine:
             )
             outcomes.extend(done)
 
-        async with trio.open_nursery() as nursery:
-            for _ in range(min(max(1, self.config.ingest_threads), len(batch))):
-                nursery.start_soon(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(threads):
+                    nursery.start_soon(worker)
+        finally:
+            if prefetcher is not None:
+                prefetcher.stop()
         await trio.to_thread.run_sync(self._commit_batch, outcomes)
+
+    def _excluded(self, path: bytes | None) -> bool:
+        """No path (the entry vanished) or a component matches an exclusion pattern."""
+        return path is None or self._exclusions.excludes_path(path)
 
     def _capture_many(
         self, queue: _WorkQueue, now_ns: int
@@ -272,18 +292,31 @@ class CaptureEngine:
         self, queue: _WorkQueue, now_ns: int
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         done: list[tuple[_Work, ingest.Outcome | None]] = []
+        parents = ingest.ParentDirs(self.root_fd)
+        try:
+            self._capture_queue(queue, now_ns, parents, done)
+        finally:
+            parents.close()
+        return done
+
+    def _capture_queue(
+        self,
+        queue: _WorkQueue,
+        now_ns: int,
+        parents: ingest.ParentDirs,
+        done: list[tuple[_Work, ingest.Outcome | None]],
+    ) -> None:
+        """Capture files from `queue` into `done` until it is empty."""
         while (work := queue.next()) is not None:
             path = work.path
-            if path is None or any(
-                is_excluded(name, self.config.exclude) for name in path.split(b"/")
-            ):
+            if path is None or self._excluded(path):
                 done.append((work, ingest.Gone()))
                 continue
             reuse = not work.entry.flags & Pending.CONTENT
             outcome: ingest.Outcome | None
             try:
                 outcome = ingest.capture(
-                    self.root_fd, path, self.store, work.previous, reuse, now_ns
+                    self.root_fd, path, self.store, work.previous, reuse, now_ns, parents
                 )
             except StoreError:
                 raise
@@ -293,7 +326,6 @@ class CaptureEngine:
                 log.warning("cannot capture %s: %s", os.fsdecode(path), exc)
                 outcome = None
             done.append((work, outcome))
-        return done
 
     def _commit_batch(self, outcomes: list[tuple[_Work, ingest.Outcome | None]]) -> None:
         now_ns = self.clock.now_ns()

@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import struct
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import xxhash
@@ -102,14 +103,18 @@ class PackWriter:
             os.unlink(self._tmp_path)
             raise
 
-    def _write_all(self, data: bytes | memoryview) -> None:
+    def _write_all(self, *parts: bytes | memoryview) -> None:
         start = self.size
-        view = memoryview(data)
+        views = [memoryview(part).cast("B") for part in parts if len(part)]
         try:
-            while view:
-                written = os.pwrite(self._fd, view, self.size)
+            while views:
+                written = os.pwritev(self._fd, views, self.size)
                 self.size += written
-                view = view[written:]
+                while views and written >= len(views[0]):  # drop what was written
+                    written -= len(views[0])
+                    views.pop(0)
+                if written:
+                    views[0] = views[0][written:]
         except OSError as exc:
             self.size = start
             try:
@@ -118,13 +123,25 @@ class PackWriter:
                 log.warning("cannot truncate %s back to %d after a failed write", self.path, start)
             raise _full(exc, "writing a pack") from exc
 
-    def append(self, obj_type: int, object_id: bytes, payload: bytes, raw_length: int) -> int:
-        """Append one record; return its offset (of the record header)."""
+    def append(
+        self,
+        obj_type: int,
+        object_id: bytes,
+        payload: bytes | memoryview | Sequence[bytes | memoryview],
+        raw_length: int,
+    ) -> int:
+        """Append one record; return its offset (of the record header).
+
+        ``payload`` may be given in parts (a frame header and its data): they are
+        written with one ``pwritev``, without joining them first.
+        """
         if self.sealed:
             raise StoreError("append to a sealed pack")
+        parts = [payload] if isinstance(payload, (bytes, memoryview)) else list(payload)
+        length = sum(len(part) for part in parts)
         offset = self.size
-        self._write_all(RECORD.pack(obj_type, object_id, len(payload)) + payload)
-        self.entries.append(FooterEntry(obj_type, object_id, offset, len(payload)))
+        self._write_all(RECORD.pack(obj_type, object_id, length), *parts)
+        self.entries.append(FooterEntry(obj_type, object_id, offset, length))
         self.raw_lengths.append(raw_length)
         return offset
 

@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import NamedTuple
 
-from chunker import CorruptChunkError, chunk_id, compress_chunk, decompress_chunk
+from chunker import CorruptChunkError, chunk_id, compress_frame_parts, decompress_chunk
+from chunker.adaptive import FAST_LEVEL, AdaptiveCompressor
 from dpmsfs.store import schema
 from dpmsfs.store.db import Database, ReadTxn, WriteTxn
 from dpmsfs.store.errors import (
@@ -110,6 +111,10 @@ class Store:
         self.tmp_dir = os.path.join(path, "tmp")
         self.pack_size = pack_size
         self.compression_level = compression_level
+        # chunks of files: level per kind of file, measured (chunker/adaptive.py)
+        self.compressor = AdaptiveCompressor(
+            fast_level=min(FAST_LEVEL, compression_level), strong_level=compression_level
+        )
         self._now_ns = now_ns
         self._lock_fd = lock_fd
         self._lock = threading.Lock()  # open pack, pending map, in-flight ids
@@ -279,14 +284,22 @@ class Store:
 
     # -- writing --------------------------------------------------------------------------
 
-    def write_chunk(self, data: bytes | memoryview) -> tuple[bytes, bool]:
-        """Store a chunk of file content; return (id, whether it was new)."""
-        return self.write_object(ObjectType.CHUNK, data)
+    def write_chunk(
+        self, data: bytes | memoryview, kind: bytes | None = None
+    ) -> tuple[bytes, bool]:
+        """Store a chunk of file content; return (id, whether it was new).
+
+        ``kind`` (the file's extension, `chunker.adaptive.kind_of`) lets the store pick
+        the compression level that pays for that kind of file; None: the store's level.
+        """
+        return self.write_object(ObjectType.CHUNK, data, kind)
 
     def write_tree(self, entries: Iterable[TreeEntry]) -> tuple[bytes, bool]:
         return self.write_object(ObjectType.TREE, encode_tree(entries))
 
-    def write_object(self, kind: ObjectType, data: bytes | memoryview) -> tuple[bytes, bool]:
+    def write_object(
+        self, kind: ObjectType, data: bytes | memoryview, file_kind: bytes | None = None
+    ) -> tuple[bytes, bool]:
         """Store an object unless one with the same id is indexed or pending (dedup).
 
         Thread-safe.  Two threads storing the same new id: one writes, the other waits for
@@ -313,14 +326,18 @@ class Store:
             with self.db.read() as txn:
                 if txn.get(schema.T_OBJECTS, oid) is not None:
                     return oid, False
-            blob = compress_chunk(data, self.compression_level)
+            if file_kind is None:
+                frame = compress_frame_parts(data, self.compression_level)
+            else:
+                frame = self.compressor.compress(file_kind, data)
+            stored = len(frame[0]) + len(frame[1])
             with self._lock:
                 writer = self._open
                 if writer is None:
                     writer = self._open = PackWriter(self.tmp_dir, self.packs_dir, os.urandom(16))
-                offset = writer.append(int(kind), oid, blob, len(data))
+                offset = writer.append(int(kind), oid, frame, len(data))
                 self._pending[oid] = _Pending(
-                    writer, ObjectLocation(writer.pack_id, offset, len(blob), len(data), kind)
+                    writer, ObjectLocation(writer.pack_id, offset, stored, len(data), kind)
                 )
                 if writer.size >= self.pack_size:
                     self._open = None

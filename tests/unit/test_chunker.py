@@ -20,6 +20,7 @@ from chunker import (
     chunk_buffer,
     chunk_id,
     cut_lengths,
+    iter_chunk_views,
     iter_chunks,
 )
 from chunker.gear import gear_table
@@ -168,6 +169,27 @@ def test_iter_chunks_short_reads(seed: int, n: int, read_size: int) -> None:
     assert list(iter_chunks(_ShortReads(data, seed).read, SMALL, read_size)) == chunk_buffer(
         data, SMALL
     )
+
+
+@PROPS
+@given(seed=st.integers(0, 2**32), n=st.integers(0, 60_000), read_size=st.integers(1, 20_000))
+def test_iter_chunk_views_match_one_shot(seed: int, n: int, read_size: int) -> None:
+    """Views of the reused buffer, copied as they come, are the one-shot chunks."""
+    data = _random_bytes(seed, n)
+    reader = _ShortReads(data, seed)
+    got = [bytes(view) for view in iter_chunk_views(reader.readinto, SMALL, read_size)]
+    assert got == chunk_buffer(data, SMALL)
+
+
+def test_iter_chunk_views_are_views_not_copies() -> None:
+    """The ingest path relies on this: no allocation per chunk (and the view's contract)."""
+    data = _random_bytes(11, 50_000)
+    views = iter_chunk_views(io.BytesIO(data).readinto, SMALL, read_size=4096)
+    first = next(views)
+    assert isinstance(first, memoryview)
+    assert first.obj is not data  # a view of the pooled buffer, filled by readinto
+    assert bytes(first) == chunk_buffer(data, SMALL)[0]
+    views.close()
 
 
 def test_interleaved_iterators_do_not_share_buffers() -> None:

@@ -172,3 +172,45 @@ def test_pack_files_are_where_the_format_says(tmp_path: Path) -> None:
     assert loc is not None
     assert os.path.isfile(pack_path(store.packs_dir, loc.pack_id))
     store.close()
+
+
+def test_chunks_of_a_kind_and_reused_buffers_read_back(tmp_path: Path) -> None:
+    """The ingest path: chunks given as views of a buffer that is overwritten right after
+    (raw frames are written from the view itself), with a file kind choosing the level."""
+    store = new_store(str(tmp_path / "s"))
+    buffer = bytearray(64 << 10)
+    view = memoryview(buffer)
+    written: dict[bytes, bytes] = {}
+    for i in range(24):
+        if i % 2:
+            view[:] = os.urandom(len(buffer))  # incompressible: raw frames
+        else:
+            line = b"%06d,PASS,1.25\n" % i
+            view[:] = (line * (len(buffer) // len(line) + 1))[: len(buffer)]
+        oid, _ = store.write_chunk(view, b"stdf" if i % 3 else b"so")
+        written[oid] = bytes(buffer)
+        view[:] = bytes(len(buffer))  # the reader reuses its buffer at once
+    store.flush()
+    for oid, data in written.items():
+        assert store.read_object(oid) == data
+    assert {r.kind for r in store.compressor.report()} == {"stdf", "so"}
+    assert verify(store, read_data=True).ok
+    store.close()
+
+
+def test_pack_records_written_in_parts_match_joined(tmp_path: Path) -> None:
+    from dpmsfs.store.packs import PackWriter, read_record
+
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "packs").mkdir()
+    writer = PackWriter(str(tmp_path / "tmp"), str(tmp_path / "packs"), bytes(16))
+    one = writer.append(1, b"a" * 16, (b"\x01head", memoryview(b"payload" * 1000)), 7000)
+    two = writer.append(1, b"b" * 16, b"\x00" + b"joined", 6)
+    empty_part = writer.append(1, b"c" * 16, (b"\x00", b""), 0)
+    assert read_record(writer._fd, one, 5 + 7000, b"a" * 16, "p") == (
+        1,
+        b"\x01head" + b"payload" * 1000,
+    )
+    assert read_record(writer._fd, two, 7, b"b" * 16, "p") == (1, b"\x00joined")
+    assert read_record(writer._fd, empty_part, 1, b"c" * 16, "p") == (1, b"\x00")
+    writer.discard()

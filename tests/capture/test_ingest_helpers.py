@@ -1,0 +1,125 @@
+"""Ingest helpers without a mount: read-ahead, the parent-directory cache, exclusions."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import string
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpmsfs.capture.ingest import ParentDirs
+from dpmsfs.capture.prefetch import Prefetcher
+from dpmsfs.config import DEFAULT_EXCLUDES, Exclusions
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield tmp_path, fd
+    finally:
+        os.close(fd)
+
+
+def _wait(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_prefetch_advises_regular_files_only(root: tuple[Path, int]) -> None:
+    path, fd = root
+    (path / "d").mkdir()
+    for i in range(5):
+        (path / "d" / f"f{i}").write_bytes(b"x" * 1000)
+    (path / "empty").write_bytes(b"")
+    os.mkfifo(path / "fifo")  # opening it could block or have effects: never opened
+    os.symlink("/dev/zero", path / "link")
+    paths = [b"d/f0", b"fifo", b"link", b"empty", None, b"missing/x", b"../escape"]
+    paths += [f"d/f{i}".encode() for i in range(1, 5)]
+    prefetcher = Prefetcher(fd, paths, ahead=len(paths))
+    prefetcher.start()
+    _wait(lambda: not prefetcher._thread.is_alive())
+    prefetcher.stop()
+    assert prefetcher.advised == 5
+
+
+def test_prefetch_stays_ahead_of_the_workers_by_at_most_ahead(root: tuple[Path, int]) -> None:
+    path, fd = root
+    for i in range(20):
+        (path / f"f{i}").write_bytes(b"y" * 10)
+    prefetcher = Prefetcher(fd, [f"f{i}".encode() for i in range(20)], ahead=3)
+    prefetcher.start()
+    _wait(lambda: prefetcher.advised == 3)
+    time.sleep(0.05)
+    assert prefetcher.advised == 3  # waits for the workers
+    for _ in range(4):
+        prefetcher.taken()
+    _wait(lambda: prefetcher.advised == 7)
+    prefetcher.stop()  # returns although most paths were never taken
+    assert not prefetcher._thread.is_alive()
+
+
+def test_parent_dirs_reuses_the_directory_and_refuses_bad_names(root: tuple[Path, int]) -> None:
+    path, fd = root
+    (path / "a" / "b").mkdir(parents=True)
+    (path / "a" / "b" / "x").write_text("x")
+    (path / "a" / "b" / "y").write_text("y")
+    (path / "top").write_text("t")
+    parents = ParentDirs(fd)
+    try:
+        fd_x, name_x = parents.open(b"a/b/x")
+        fd_y, name_y = parents.open(b"a/b/y")
+        assert fd_x == fd_y and (name_x, name_y) == (b"x", b"y")
+        assert os.stat(name_y, dir_fd=fd_y).st_size == 1
+        fd_top, name_top = parents.open(b"top")
+        assert name_top == b"top" and os.stat(name_top, dir_fd=fd_top).st_size == 1
+        for bad in (b"a/b/..", b"a/b/", b"a/../top", b"a//b/x"):
+            with pytest.raises(OSError):
+                parents.open(bad)
+        os.symlink(path / "a", path / "sym")
+        with pytest.raises(OSError):
+            parents.open(b"sym/b/x")  # components are never followed as symlinks
+    finally:
+        parents.close()
+
+
+def test_parent_dirs_after_a_bad_name_from_the_cached_directory(root: tuple[Path, int]) -> None:
+    path, fd = root
+    (path / "d").mkdir()
+    (path / "d" / "f").write_text("f")
+    parents = ParentDirs(fd)
+    try:
+        parents.open(b"d/f")
+        with pytest.raises(OSError):
+            parents.open(b"d/..")
+        assert parents.open(b"d/f")[1] == b"f"
+    finally:
+        parents.close()
+
+
+NAMES = st.text(alphabet=string.ascii_letters + string.digits + ".~*?[]-_ é\n", max_size=12)
+PATTERNS = st.lists(st.text(alphabet="ab.*?[]!~-c", min_size=1, max_size=6), min_size=0, max_size=4)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(patterns=PATTERNS, name=NAMES)
+def test_exclusions_match_fnmatchcase_exactly(patterns: list[str], name: str) -> None:
+    encoded = os.fsencode(name)
+    want = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    assert Exclusions(tuple(patterns)).excludes(encoded) == want
+
+
+def test_exclusions_of_paths() -> None:
+    ex = Exclusions(DEFAULT_EXCLUDES)
+    assert ex.excludes_path(b"results/core.1234")
+    assert ex.excludes_path(b"tmp.swp/inside/file")
+    assert not ex.excludes_path(b"pgm/core_test/main.cpp")
+    assert not Exclusions(()).excludes_path(b"a.tmp")
