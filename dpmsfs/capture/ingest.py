@@ -16,6 +16,7 @@ import errno
 import logging
 import os
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 from chunker import iter_chunk_views
@@ -177,12 +178,14 @@ def capture(
     reuse_content: bool,
     now_ns: int,
     parents: ParentDirs | None = None,
+    dense: Callable[[int], bool] | None = None,
 ) -> Outcome:
     """Capture `path` as it is now.
 
     `reuse_content`: the journal knows the data did not change (only metadata, or a
     rename): keep `previous`'s content ids when inode, size and mtime still agree.
     `parents`: a worker's cache of the last directory (else each walk is closed again).
+    `dense`: see `Store.write_chunk`.
     """
     try:
         if parents is not None:
@@ -216,7 +219,7 @@ def capture(
         if not stat.S_ISREG(mode):
             entry = make_entry(name, st)
             return Captured(FileState(entry, st.st_ctime_ns, st.st_ino, now_ns), 0, 0)
-        return _capture_file(parent_fd, name, st, store, previous, reuse_content, now_ns)
+        return _capture_file(parent_fd, name, st, store, previous, reuse_content, now_ns, dense)
     finally:
         if parents is None:
             os.close(parent_fd)
@@ -230,6 +233,7 @@ def _capture_file(
     previous: FileState | None,
     reuse_content: bool,
     now_ns: int,
+    dense: Callable[[int], bool] | None = None,
 ) -> Outcome:
     fd = os.open(name, _READ_FLAGS, dir_fd=parent_fd)
     try:
@@ -254,6 +258,10 @@ def _capture_file(
 
         def readinto(buffer: memoryview) -> int:
             nonlocal offset, advised
+            if offset == before.st_size:
+                # End of the file as it was: skip the read that would return 0. A file
+                # that grew meanwhile fails the size check below and is retried.
+                return 0
             if offset + len(buffer) >= advised and advised < before.st_size:
                 # Our own read-ahead window: sequential reads stay ahead of the disk
                 # whatever the device's read_ahead_kb (128 KiB on many machines).
@@ -265,7 +273,7 @@ def _capture_file(
 
         kind = kind_of(name)
         for chunk in iter_chunk_views(readinto, read_size=READ_SIZE):
-            chunk_id, is_new = store.write_chunk(chunk, kind)
+            chunk_id, is_new = store.write_chunk(chunk, kind, dense)
             ids.append(chunk_id)
             read_bytes += len(chunk)
             if is_new:

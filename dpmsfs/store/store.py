@@ -285,20 +285,29 @@ class Store:
     # -- writing --------------------------------------------------------------------------
 
     def write_chunk(
-        self, data: bytes | memoryview, kind: bytes | None = None
+        self,
+        data: bytes | memoryview,
+        kind: bytes | None = None,
+        dense: Callable[[int], bool] | None = None,
     ) -> tuple[bytes, bool]:
         """Store a chunk of file content; return (id, whether it was new).
 
         ``kind`` (the file's extension, `chunker.adaptive.kind_of`) lets the store pick
         the compression level that pays for that kind of file; None: the store's level.
+        ``dense(n)`` is asked, only when the chunk is new, whether there is time to compress
+        its ``n`` bytes harder (`chunker.adaptive.DENSE_LEVEL`).
         """
-        return self.write_object(ObjectType.CHUNK, data, kind)
+        return self.write_object(ObjectType.CHUNK, data, kind, dense)
 
     def write_tree(self, entries: Iterable[TreeEntry]) -> tuple[bytes, bool]:
         return self.write_object(ObjectType.TREE, encode_tree(entries))
 
     def write_object(
-        self, kind: ObjectType, data: bytes | memoryview, file_kind: bytes | None = None
+        self,
+        kind: ObjectType,
+        data: bytes | memoryview,
+        file_kind: bytes | None = None,
+        dense: Callable[[int], bool] | None = None,
     ) -> tuple[bytes, bool]:
         """Store an object unless one with the same id is indexed or pending (dedup).
 
@@ -329,7 +338,8 @@ class Store:
             if file_kind is None:
                 frame = compress_frame_parts(data, self.compression_level)
             else:
-                frame = self.compressor.compress(file_kind, data)
+                harder = dense is not None and dense(len(data))
+                frame = self.compressor.compress(file_kind, data, dense=harder)
             stored = len(frame[0]) + len(frame[1])
             with self._lock:
                 writer = self._open

@@ -123,3 +123,21 @@ def test_exclusions_of_paths() -> None:
     assert ex.excludes_path(b"tmp.swp/inside/file")
     assert not ex.excludes_path(b"pgm/core_test/main.cpp")
     assert not Exclusions(()).excludes_path(b"a.tmp")
+
+
+def test_work_queue_hands_out_largest_and_smallest_and_budgets_dense_bytes() -> None:
+    from dpmsfs.capture.engine import _Work, _WorkQueue
+    from dpmsfs.capture.state import JournalEntry, Pending
+
+    entry = JournalEntry(seq=1, flags=Pending(0), first_ns=0, last_ns=0)
+    sizes = [5, 900, 10, 70, 0, 3000]
+    queue = _WorkQueue(
+        [_Work(f"k{i}".encode(), f"p{i}".encode(), entry, None, s) for i, s in enumerate(sizes)],
+        dense_bytes=100,
+    )
+    assert [w.size for w in queue.small_first] == sorted(sizes)
+    taken = [queue.next(large=True), queue.next(), queue.next(), queue.next(large=True)]
+    assert [w.size for w in taken if w] == [3000, 0, 5, 900]
+    assert [w.size for w in iter(queue.next, None)] == [10, 70]
+    assert queue.next(large=True) is None
+    assert queue.take_dense(60) and not queue.take_dense(60) and queue.take_dense(40)

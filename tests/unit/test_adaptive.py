@@ -120,3 +120,18 @@ def test_threads_share_one_compressor() -> None:
 def test_levels_must_be_ordered() -> None:
     with pytest.raises(ValueError):
         AdaptiveCompressor(fast_level=5, strong_level=3)
+    with pytest.raises(ValueError):
+        AdaptiveCompressor(fast_level=1, strong_level=3, dense_level=2)
+
+
+def test_dense_compresses_harder_but_never_compresses_a_raw_kind() -> None:
+    comp = AdaptiveCompressor(fast_level=1, strong_level=3, dense_level=9)
+    text = _csv_rows(8)
+    fast = len(_frame(comp.compress(b"csv", text)))
+    dense = _frame(comp.compress(b"csv", text, dense=True))
+    assert len(dense) < fast and decompress_chunk(dense) == text
+    noise = random.Random(9).randbytes(256 << 10)
+    for _ in range(PROBE_FIRST):
+        comp.compress(b"jpg", noise)
+    frame = _frame(comp.compress(b"jpg", noise, dense=True))
+    assert frame[0] == 0 and decompress_chunk(frame) == noise
