@@ -14,8 +14,8 @@ level, and the smaller frame is stored.  After ``PROBE_FIRST`` probes, a kind us
 mode, re-probed every ``PROBE_EVERY``-th chunk so that a kind whose content changes is
 followed:
 
-- ``strong`` while the strong level saves at least ``MIN_SAVING`` of the fast level's
-  output, else ``fast``;
+- ``strong`` once the strong level saves ``MIN_SAVING`` of the fast level's output,
+  for as long as it saves ``KEEP_SAVING``; else ``fast``;
 - ``raw`` (no compression call at all) while neither level shrinks the data by
   ``MIN_SHRINK``.
 
@@ -45,9 +45,10 @@ from chunker.compress import FLAG_RAW, HEADER, compress_frame_parts
 FAST_LEVEL = 1
 STRONG_LEVEL = 3
 DENSE_LEVEL = 7  # for a trickle of changes: CPU is cheap then, the server keeps it for years
-PROBE_FIRST = 4
+PROBE_FIRST = 8
 PROBE_EVERY = 32
-MIN_SAVING = 0.08  # strong must save 8 % of fast's output
+MIN_SAVING = 0.05  # strong must save 5 % of fast's output to be chosen...
+KEEP_SAVING = 0.03  # ...and keeps being used while it saves 3 % (no flip-flopping)
 MIN_SHRINK = 0.03  # fast must save 3 % of the input, else store raw
 DECAY = 0.9
 MAX_KINDS = 4096
@@ -145,7 +146,9 @@ class AdaptiveCompressor:
                 return
             if min(stats.fast, stats.strong) > stats.raw * (1 - MIN_SHRINK):
                 stats.mode = "raw"
-            elif stats.strong <= stats.fast * (1 - MIN_SAVING):
+            elif stats.strong <= stats.fast * (
+                1 - (KEEP_SAVING if stats.mode == "strong" else MIN_SAVING)
+            ):
                 stats.mode = "strong"
             else:
                 stats.mode = "fast"

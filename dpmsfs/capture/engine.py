@@ -121,6 +121,7 @@ class CaptureEngine:
     def __init__(self, config: Config, store: Store, clock: Clock) -> None:
         self.config = config
         self._exclusions = Exclusions.of(config.exclude)
+        self._last_batch_full = False
         self.store = store
         self.db = store.db
         self.db.declare(*state.ALL_TABLES)
@@ -306,7 +307,11 @@ class CaptureEngine:
         outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
         threads = min(max(1, self.config.ingest_threads), len(batch))
         full = len(batch) >= BATCH_PATHS or sum(w.size for w in batch) >= BATCH_BYTES
-        queue = _WorkQueue(batch, dense_bytes=0 if full else DENSE_BATCH_BYTES)
+        # A trickle: this batch and the one before were not full (the last batch of an
+        # import is not full either, but it follows a full one).
+        trickle = not full and not self._last_batch_full
+        self._last_batch_full = full
+        queue = _WorkQueue(batch, dense_bytes=DENSE_BATCH_BYTES if trickle else 0)
         prefetcher = None
         if len(batch) > threads:
             paths = [None if self._excluded(w.path) else w.path for w in queue.small_first]

@@ -11,13 +11,10 @@ from chunker import decompress_chunk
 from chunker.adaptive import MAX_KINDS, PROBE_EVERY, PROBE_FIRST, AdaptiveCompressor, kind_of
 
 
-def _csv_rows(seed: int, rows: int = 20_000) -> bytes:
-    """Datalog-like text: level 3 saves under 8 % over level 1 here (measured: ~5 %)."""
+def _low_gain_text(seed: int, rows: int = 20_000) -> bytes:
+    """Text that compresses 3:1 at level 1, and level 3 saves under 1 % more (measured)."""
     rng = random.Random(seed)
-    return b"".join(
-        f"{rng.randint(0, 99999)},{rng.random():.6f},PASS,{rng.choice(['VDD', 'IO1'])}\n".encode()
-        for _ in range(rows)
-    )
+    return bytes(rng.choice(b"ACGT") for _ in range(rows * 20))
 
 
 def _far_repeat(seed: int) -> bytes:
@@ -49,7 +46,7 @@ def test_kind_of(name: bytes, kind: bytes) -> None:
 def test_modes_follow_what_each_level_buys() -> None:
     comp = AdaptiveCompressor(fast_level=1, strong_level=3)
     samples = {
-        b"csv": _csv_rows(1),
+        b"csv": _low_gain_text(1),
         b"so": _far_repeat(2),
         b"zip": random.Random(3).randbytes(1 << 20),
     }
@@ -80,7 +77,7 @@ def test_a_kind_whose_content_changes_is_reprobed() -> None:
     for _ in range(PROBE_FIRST):
         comp.compress(b"dat", noise)
     assert comp.report()[0].mode == "raw"
-    text = _csv_rows(7, 5_000)
+    text = _low_gain_text(7, 5_000)
     for _ in range(PROBE_EVERY * 12):
         comp.compress(b"dat", text)
     assert comp.report()[0].mode in ("fast", "strong")
@@ -97,7 +94,7 @@ def test_kinds_remembered_are_bounded() -> None:
 
 def test_threads_share_one_compressor() -> None:
     comp = AdaptiveCompressor()
-    data = [_csv_rows(seed, 2_000) for seed in range(4)]
+    data = [_low_gain_text(seed, 2_000) for seed in range(4)]
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:
@@ -126,7 +123,7 @@ def test_levels_must_be_ordered() -> None:
 
 def test_dense_compresses_harder_but_never_compresses_a_raw_kind() -> None:
     comp = AdaptiveCompressor(fast_level=1, strong_level=3, dense_level=9)
-    text = _csv_rows(8)
+    text = _low_gain_text(8)
     fast = len(_frame(comp.compress(b"csv", text)))
     dense = _frame(comp.compress(b"csv", text, dense=True))
     assert len(dense) < fast and decompress_chunk(dense) == text
