@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -34,7 +33,7 @@ RUN_ROOT = Path("/run/dpmsfs")
 class Config:
     workdir: Path
     store: Path
-    tool_id: str = field(default_factory=socket.gethostname)
+    tool_id: str = field(default_factory=lambda: os.uname().nodename)
     quiet_seconds: float = 5.0
     max_delay_seconds: float = 60.0
     snapshot_interval_minutes: float = 15.0

@@ -12,6 +12,7 @@ Safety, because names come from the store and the target may be hostile:
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
@@ -30,6 +31,7 @@ from dpmsfs.store.tree import EntryType, TreeEntry, check_name
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+PENDING_DIRS = 256  # directories kept open while their files are restored
 TEMP_PREFIX = b".dpmsfs-restore-"
 
 
@@ -75,6 +77,10 @@ class Restorer:
         # release the GIL): a directory waits for its files before its own metadata.
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore")
         self._stats_lock = threading.Lock()
+        # directories whose files may still be in flight: (fd, entry or None, futures)
+        self._pending_dirs: collections.deque[tuple[int, TreeEntry | None, list[Future[None]]]] = (
+            collections.deque()
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -85,6 +91,19 @@ class Restorer:
     # --- entry points ----------------------------------------------------------------
     def restore_tree(self, tree_id: bytes, target_fd: int) -> None:
         """Make directory `target_fd` hold what tree `tree_id` holds."""
+        try:
+            files = self._restore_children(tree_id, target_fd)
+            self._pending_dirs.append((target_fd, None, files))
+        finally:
+            self._finish_dirs(0)
+
+    def _restore_children(self, tree_id: bytes, target_fd: int) -> list[Future[None]]:
+        """Restore a tree's entries into `target_fd`; return the futures of its files.
+
+        Files go to the worker threads; subdirectories are walked here meanwhile. Nobody
+        waits for a directory's files before moving on: the directory is queued with its
+        futures (`_pending_dirs`, at most PENDING_DIRS) and finished later.
+        """
         entries = self.reader.tree(tree_id)
         wanted = set()
         files: list[Future[None]] = []
@@ -93,22 +112,55 @@ class Restorer:
                 check_name(entry.name)
                 wanted.add(entry.name)
                 if entry.type == EntryType.FILE and not entry.link_key:
-                    files.append(self._pool.submit(self.restore_entry, entry, target_fd))
+                    files.append(self._pool.submit(self._restore_entry, entry, target_fd))
                 else:
-                    self.restore_entry(entry, target_fd)
-        finally:
-            for future in files:
-                future.exception()  # wait for all of them before raising anything
-        for future in files:
-            future.result()
+                    self._restore_entry(entry, target_fd)
+        except BaseException:
+            for future in files:  # they use target_fd: done before the caller closes it
+                future.exception()
+            raise
         if self.delete_extra:
             for name in os.listdir(target_fd):
                 raw = os.fsencode(name)
                 if raw not in wanted and not raw.startswith(TEMP_PREFIX):
                     remove_tree_at(target_fd, raw)
                     self.stats.removed += 1
+        return files
+
+    def _finish_dirs(self, keep: int) -> None:
+        """Finish queued directories, oldest first, until at most `keep` remain: wait for
+        their files, then set their own metadata (after every change inside them).
+
+        Oldest first is children before parents: a directory is queued once everything
+        below it was queued. Every queued descriptor is closed, even after a failure.
+        """
+        error: BaseException | None = None
+        while len(self._pending_dirs) > keep:
+            fd, entry, files = self._pending_dirs.popleft()
+            try:
+                for future in files:
+                    future.exception()  # all of them, before raising anything
+                if error is None:
+                    for future in files:
+                        future.result()
+                    if entry is not None:
+                        self._apply_metadata(fd, entry)
+            except BaseException as exc:
+                error = error or exc
+            finally:
+                if entry is not None:
+                    os.close(fd)
+        if error is not None:
+            raise error
 
     def restore_entry(self, entry: TreeEntry, parent_fd: int) -> None:
+        """Restore one entry (a directory: everything below it) into `parent_fd`."""
+        try:
+            self._restore_entry(entry, parent_fd)
+        finally:
+            self._finish_dirs(0)
+
+    def _restore_entry(self, entry: TreeEntry, parent_fd: int) -> None:
         check_name(entry.name)
         if entry.type == EntryType.DIR:
             self._restore_dir(entry, parent_fd)
@@ -148,10 +200,12 @@ class Restorer:
             os.mkdir(entry.name, 0o700, dir_fd=parent_fd)
         fd = os.open(entry.name, _DIR_FLAGS, dir_fd=parent_fd)
         try:
-            self.restore_tree(entry.content[0], fd)
-            self._apply_metadata(fd, entry)
-        finally:
+            files = self._restore_children(entry.content[0], fd)
+        except BaseException:
             os.close(fd)
+            raise
+        self._pending_dirs.append((fd, entry, files))  # closed by _finish_dirs
+        self._finish_dirs(PENDING_DIRS)
         self.stats.directories += 1
 
     def _restore_file(self, entry: TreeEntry, parent_fd: int) -> None:
@@ -207,9 +261,11 @@ class Restorer:
         The chunks were checked against their ids when read from the store; this catches
         what happened on the way to the target (a short write, a faulty disk or cache).
         """
+        buffer = _verify_buffer(max(lengths, default=0))
         offset = 0
         for expected, length in zip(entry.content, lengths, strict=True):
-            if chunk_id(os.pread(fd, length, offset)) != expected:
+            view = buffer[:length]
+            if os.preadv(fd, [view], offset) != length or chunk_id(view) != expected:
                 raise RestoreError(f"{os.fsdecode(entry.name)}: written content does not verify")
             offset += length
 
@@ -253,6 +309,23 @@ class Restorer:
         if now - self._last_progress >= 1.0:
             self._last_progress = now
             self.progress(self.stats)
+
+
+class _VerifyBuffers(threading.local):
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+
+
+_verify_buffers = _VerifyBuffers()
+
+
+def _verify_buffer(size: int) -> memoryview:
+    """A per-thread buffer of at least `size` bytes for reading back what was written:
+    a fresh multi-MiB bytes per chunk costs page faults and zeroing (the same finding
+    as on the ingest side), more than the copy itself."""
+    if len(_verify_buffers.buffer) < size:
+        _verify_buffers.buffer = bytearray(size)
+    return memoryview(_verify_buffers.buffer)
 
 
 def remove_tree_at(parent_fd: int, name: bytes) -> None:

@@ -145,7 +145,7 @@ class PackWriter:
         self.raw_lengths.append(raw_length)
         return offset
 
-    def read(self, offset: int, length: int, object_id: bytes) -> tuple[int, bytes]:
+    def read(self, offset: int, length: int, object_id: bytes) -> tuple[int, memoryview]:
         return read_record(self._fd, offset, length, object_id, self.path)
 
     def seal(self, now_ns: int) -> PackInfo:
@@ -203,8 +203,10 @@ class PackWriter:
 
 def read_record(
     fd: int, offset: int, length: int, object_id: bytes, path: str
-) -> tuple[int, bytes]:
+) -> tuple[int, memoryview]:
     """Read one record with a single pread; return (object type, payload).
+
+    The payload is a view of the bytes read (no second copy of a multi-MiB record).
 
     The record header must name ``object_id`` and ``length``: this catches an index entry
     that points at the wrong place before anything is decompressed.
@@ -221,7 +223,7 @@ def read_record(
             f"record at {offset} in {path} is {rec_id.hex()} ({rec_len} bytes), "
             f"expected {object_id.hex()} ({length} bytes)"
         )
-    return obj_type, data[RECORD.size :]
+    return obj_type, memoryview(data)[RECORD.size :]
 
 
 def read_header(fd: int, path: str) -> tuple[int, bytes]:

@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import NamedTuple
@@ -122,7 +121,10 @@ class Store:
         self._open: PackWriter | None = None
         self._rotated: list[PackWriter] = []  # full or flushing packs, not yet indexed
         self._pending: dict[bytes, _Pending] = {}
-        self._inflight: dict[bytes, threading.Event] = {}
+        # ids being compressed and written right now; a second writer of the same id
+        # waits on `_written` (rare: one Condition for all, no Event per object)
+        self._inflight: set[bytes] = set()
+        self._written = threading.Condition(self._lock)
         self._sealer: threading.Thread | None = None
         self._seal_wanted = threading.Event()
         self._stopping = False
@@ -174,7 +176,7 @@ class Store:
                 txn.put(schema.T_META, schema.META_FORMAT_VERSION,
                         schema.encode_u32(schema.FORMAT_VERSION))  # fmt: skip
                 txn.put(schema.T_META, schema.META_STORE_ID,
-                        (store_id or uuid.uuid4().hex).encode())  # fmt: skip
+                        (store_id or os.urandom(16).hex()).encode())  # fmt: skip
                 txn.put(schema.T_META, schema.META_CHUNKER_IDENTITY, chunker_identity.encode())
                 txn.put(schema.T_META, schema.META_CREATED_NS, schema.encode_i64(now_ns()))
                 txn.put(schema.T_META, schema.META_TOTALS, Totals().encode())
@@ -319,15 +321,12 @@ class Store:
         if len(data) >= 1 << 32:
             raise StoreError("objects are limited to 4 GiB")
         oid = chunk_id(data)
-        while True:
-            with self._lock:
-                if oid in self._pending:
-                    return oid, False
-                event = self._inflight.get(oid)
-                if event is None:
-                    event = self._inflight[oid] = threading.Event()
-                    break
-            event.wait()
+        with self._lock:
+            while oid in self._inflight:
+                self._written.wait()
+            if oid in self._pending:
+                return oid, False
+            self._inflight.add(oid)
         full: PackWriter | None = None
         try:
             # Pending entries leave the map only after their index commit, so an id is
@@ -355,8 +354,8 @@ class Store:
                     full = writer
         finally:
             with self._lock:
-                del self._inflight[oid]
-            event.set()
+                self._inflight.discard(oid)
+                self._written.notify_all()
         if full is not None:
             self._start_sealer()
             self._seal_wanted.set()
@@ -459,7 +458,7 @@ class Store:
 
     def read_object(self, oid: bytes) -> bytes:
         """Return an object's bytes, checked against its id (`CorruptObjectError` if not)."""
-        blob: bytes | None = None
+        blob: bytes | memoryview | None = None
         pack_id: bytes | None = None
         with self._lock:
             pending = self._pending.get(oid)
@@ -479,7 +478,7 @@ class Store:
             blob = self.read_blob(loc, oid)
         return self.decode_blob(oid, blob, pack_id)
 
-    def read_blob(self, loc: ObjectLocation, oid: bytes) -> bytes:
+    def read_blob(self, loc: ObjectLocation, oid: bytes) -> memoryview:
         """The stored (compressed) payload of an indexed object."""
         handle = self._acquire(loc.pack_id)
         try:
@@ -491,7 +490,7 @@ class Store:
         return blob
 
     @staticmethod
-    def decode_blob(oid: bytes, blob: bytes, pack_id: bytes | None) -> bytes:
+    def decode_blob(oid: bytes, blob: bytes | memoryview, pack_id: bytes | None) -> bytes:
         where = f" in pack {pack_id.hex()}" if pack_id else ""
         try:
             data = decompress_chunk(blob)

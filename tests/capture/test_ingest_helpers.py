@@ -141,3 +141,29 @@ def test_work_queue_hands_out_largest_and_smallest_and_budgets_dense_bytes() -> 
     assert [w.size for w in iter(queue.next, None)] == [10, 70]
     assert queue.next(large=True) is None
     assert queue.take_dense(60) and not queue.take_dense(60) and queue.take_dense(40)
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 512 << 10, (512 << 10) + 1, 3 << 20])
+def test_capture_ids_are_the_chunkers_whatever_the_read_path(
+    root: tuple[Path, int], size: int
+) -> None:
+    """Small files take a one-read path, larger ones the chunker: same ids either way."""
+    from chunker import DEFAULT_PARAMS, chunk_buffer, chunk_id
+    from dpmsfs.capture import ingest
+    from dpmsfs.store.store import Store
+
+    path, _fd = root
+    data = os.urandom(size // 2) + bytes(size - size // 2)
+    (path / "work").mkdir()
+    (path / "work" / "f.bin").write_bytes(data)
+    work_fd = os.open(path / "work", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Store.create(str(path / "store"), DEFAULT_PARAMS.identity) as store:
+            outcome = ingest.capture(work_fd, b"f.bin", store, None, False, 1)
+            assert isinstance(outcome, ingest.Captured)
+            want = tuple(chunk_id(c) for c in chunk_buffer(data, DEFAULT_PARAMS))
+            assert outcome.state.entry.content == want
+            assert outcome.read_bytes == size
+            assert b"".join(store.read_object(i) for i in want) == data
+    finally:
+        os.close(work_fd)
