@@ -17,7 +17,6 @@ import functools
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -132,6 +131,8 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     values: dict[str, Any] = {}
     path = config_file or Path("/etc/dpmsfs") / f"{instance_name(workdir)}.toml"
     if config_file is not None or path.exists():
+        import tomllib  # only when there is a file: it is on every command's start-up
+
         try:
             with open(path, "rb") as f:
                 values = tomllib.load(f)
