@@ -22,7 +22,7 @@ import threading
 from collections.abc import Sequence
 
 from dpmsfs.capture import priority
-from dpmsfs.capture.ingest import open_parent
+from dpmsfs.capture.ingest import ParentDirs
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,30 @@ class Prefetcher:
             self._thread.join()
 
     def _run(self) -> None:
-        with priority.background():
-            for index, path in enumerate(self._paths):
-                with self._cond:
-                    if not self._stopped and index >= self._taken + self._ahead:
-                        # far enough ahead: sleep until half the lead is used up
-                        self._waiting_for = index - self._ahead + max(1, self._ahead // 2)
-                        while not self._stopped and self._taken < self._waiting_for:
-                            self._cond.wait()
-                        self._waiting_for = None
-                    if self._stopped:
-                        return
-                if path is not None:
-                    self._advise(path)
-
-    def _advise(self, path: bytes) -> None:
+        parents = ParentDirs(self._root_fd)
         try:
-            parent_fd, name = open_parent(self._root_fd, path)
+            with priority.background():
+                self._walk(parents)
+        finally:
+            parents.close()
+
+    def _walk(self, parents: ParentDirs) -> None:
+        for index, path in enumerate(self._paths):
+            with self._cond:
+                if not self._stopped and index >= self._taken + self._ahead:
+                    # far enough ahead: sleep until half the lead is used up
+                    self._waiting_for = index - self._ahead + max(1, self._ahead // 2)
+                    while not self._stopped and self._taken < self._waiting_for:
+                        self._cond.wait()
+                    self._waiting_for = None
+                if self._stopped:
+                    return
+            if path is not None:
+                self._advise(parents, path)
+
+    def _advise(self, parents: ParentDirs, path: bytes) -> None:
+        try:
+            parent_fd, name = parents.open(path)
         except OSError:
             return
         try:
@@ -110,5 +117,3 @@ class Prefetcher:
                 os.close(fd)
         except OSError as exc:
             log.debug("prefetch of %r skipped: %s", path, exc)
-        finally:
-            os.close(parent_fd)
