@@ -89,7 +89,7 @@ class _WorkQueue:
     """
 
     def __init__(self, batch: list[_Work], dense_bytes: int = 0) -> None:
-        self.small_first = [w for w in sorted(batch, key=lambda w: w.size)]
+        self.small_first = sorted(batch, key=lambda w: w.size)
         self._items = collections.deque(reversed(self.small_first))
         self._lock = threading.Lock()
         self._prefetcher: Prefetcher | None = None
