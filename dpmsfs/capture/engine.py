@@ -262,6 +262,8 @@ class CaptureEngine:
                 if not self._ready(entry, now_ns):
                     continue
                 path = state.key_path(txn, key)
+                if path is not None and self._exclusions.excludes_path(path):
+                    path = None  # excluded: dropped from the state like a vanished file
                 size = self._size_to_read(path) if entry.flags & Pending.CONTENT else 0
                 batch.append(_Work(key, path, entry, state.get_state(txn, key), size))
                 total += size
@@ -314,8 +316,7 @@ class CaptureEngine:
         queue = _WorkQueue(batch, dense_bytes=DENSE_BATCH_BYTES if trickle else 0)
         prefetcher = None
         if len(batch) > threads:
-            paths = [None if self._excluded(w.path) else w.path for w in queue.small_first]
-            prefetcher = Prefetcher(self.root_fd, paths)
+            prefetcher = Prefetcher(self.root_fd, [w.path for w in queue.small_first])
             queue.follow(prefetcher)
             prefetcher.start()
 
@@ -333,10 +334,6 @@ class CaptureEngine:
             if prefetcher is not None:
                 prefetcher.stop()
         await trio.to_thread.run_sync(self._commit_batch, outcomes)
-
-    def _excluded(self, path: bytes | None) -> bool:
-        """No path (the entry vanished) or a component matches an exclusion pattern."""
-        return path is None or self._exclusions.excludes_path(path)
 
     def _capture_many(
         self, queue: _WorkQueue, now_ns: int, large: bool = False
@@ -367,7 +364,7 @@ class CaptureEngine:
         """Capture files from `queue` (its large or small end) into `done` until empty."""
         while (work := queue.next(large)) is not None:
             path = work.path
-            if path is None or self._excluded(path):
+            if path is None:  # vanished, or excluded (see _select_batch)
                 done.append((work, ingest.Gone()))
                 continue
             reuse = not work.entry.flags & Pending.CONTENT
