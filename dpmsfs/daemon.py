@@ -22,6 +22,7 @@ from dpmsfs.config import Config, remember_store
 from dpmsfs.control import serve_control
 from dpmsfs.errors import BusyError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
+from dpmsfs.fs.snapshot_mount import SnapshotView
 from dpmsfs.store.errors import StoreError, StoreLockedError
 from dpmsfs.store.store import Store
 
@@ -85,7 +86,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
 
         async def status(_: dict[str, Any]) -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
-            return {"status": await trio.to_thread.run_sync(engine.status_report)}
+            report = await trio.to_thread.run_sync(engine.status_report)
+            report["snapshot_view"] = view.state()
+            return {"status": report}
 
         async def ping(_: dict[str, Any]) -> dict[str, Any]:
             return {}
@@ -99,5 +102,13 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 config.control_socket, {"status": status, "snapshot": snapshot, "ping": ping}
             )
 
-        services: list[Service] = [engine.run, control]
-        serve(options, engine.journal, services, snapshots=SnapshotTree(store))
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        view = SnapshotView(config.workdir, config.store, level)
+        services: list[Service] = [engine.run, control, view.run]
+        serve(
+            options,
+            engine.journal,
+            services,
+            snapshots=SnapshotTree(store),
+            before_unmount=view.stop,
+        )

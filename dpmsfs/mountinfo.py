@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 FSTYPE = "fuse.dpmsfs"
+# The read-only snapshot view, mounted by its own process on WORKDIR/.snapshots.
+VIEW_FSTYPE = "fuse.dpmsfs-snapshots"
 
 
 def _unescape(field: str) -> str:
@@ -55,11 +57,11 @@ def topmost(path: str) -> Mount | None:
     return found
 
 
-def is_dpmsfs_mount(path: str | os.PathLike[str]) -> bool:
-    """True if the topmost mount at `path` is a dpmsfs mount."""
+def is_dpmsfs_mount(path: str | os.PathLike[str], fstype: str = FSTYPE) -> bool:
+    """True if the topmost mount at `path` is a dpmsfs mount (or the `fstype` given)."""
     target = str(Path(path).resolve())
     topmost = None
-    for mount_point, fstype in mounts():
+    for mount_point, mounted_type in mounts():
         if mount_point == target:
-            topmost = fstype
-    return topmost == FSTYPE
+            topmost = mounted_type
+    return topmost == fstype

@@ -233,10 +233,6 @@ class SnapshotTree:
             raise OSError(errno.EINVAL, "not a symlink")
         return node.entry.target
 
-    def xattrs(self, ino: int) -> dict[bytes, bytes]:
-        node = self.node(ino)
-        return dict(node.entry.xattrs) if node.entry is not None else {}
-
     def _tree(self, tree_id: bytes) -> list[TreeEntry]:
         """A decoded tree, from a small LRU: `ls -l` of a 10,000-entry directory looks
         up every name in it, and decoding the tree each time made that quadratic."""

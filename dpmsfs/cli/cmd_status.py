@@ -89,6 +89,8 @@ def render(r: dict[str, Any]) -> str:
             f"import scan     {word}: {scan['directories']} directories, {scan['entries']} "
             f"entries ({human_bytes(scan['bytes_seen'])}), {scan['differences']} to capture"
         )
+    if r.get("snapshot_view"):
+        lines.append(f"snapshot view   {r['snapshot_view']}")
     if r.get("errors"):
         lines.append(f"errors          {r['errors']} (last: {r['last_error']})")
     return "\n".join(lines)

@@ -32,7 +32,22 @@ def run_umount(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).absolute().resolve()
     if not mountinfo.is_dpmsfs_mount(workdir):
         raise UsageError(f"{workdir}: not a dpmsfs mount")
-    command = ["fusermount3", "-u", *(["-z"] if args.lazy else []), str(workdir)]
+    # The snapshot view is mounted inside the work directory: it goes first (its
+    # process then exits and the daemon does not restart it), or the work directory
+    # would be busy.
+    view = workdir / ".snapshots"
+    if mountinfo.is_dpmsfs_mount(view, mountinfo.VIEW_FSTYPE):
+        _fusermount_unmount(view, args.lazy)
+    _fusermount_unmount(workdir, args.lazy)
+    deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
+    while mountinfo.is_dpmsfs_mount(workdir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(f"dpmsfs: unmounted {workdir}")
+    return 0
+
+
+def _fusermount_unmount(mount_point: Path, lazy: bool) -> None:
+    command = ["fusermount3", "-u", *(["-z"] if lazy else []), str(mount_point)]
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     except FileNotFoundError:
@@ -40,10 +55,5 @@ def run_umount(args: argparse.Namespace) -> int:
     if result.returncode != 0:
         message = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
         if "busy" in message.lower():
-            raise BusyError(f"{workdir}: busy (files open); close them or use --lazy")
-        raise DpmsError(f"{workdir}: unmount failed: {message or result.returncode}")
-    deadline = time.monotonic() + UNMOUNT_WAIT_SECONDS
-    while mountinfo.is_dpmsfs_mount(workdir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    print(f"dpmsfs: unmounted {workdir}")
-    return 0
+            raise BusyError(f"{mount_point}: busy (files open); close them or use --lazy")
+        raise DpmsError(f"{mount_point}: unmount failed: {message or result.returncode}")

@@ -90,10 +90,13 @@ def serve(
     on_ready: Callable[[PassthroughOperations], None] | None = None,
     handle_signals: bool = True,
     snapshots: SnapshotTree | None = None,
+    before_unmount: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Mount, serve until unmounted or SIGTERM/SIGINT, then unmount. Blocks.
 
     `handle_signals=False` lets tests serve from a thread (signals need the main one).
+    `before_unmount` runs on a signal while this mount still serves requests (the
+    snapshot view, mounted inside this one, is unmounted there).
     """
     workdir = check_workdir(options.workdir)
     check_fuse_available()
@@ -113,7 +116,11 @@ def serve(
     unmounted_by_us = False
     try:
         unmounted_by_us = trio.run(
-            _run, services, (lambda: on_ready(ops)) if on_ready else None, handle_signals
+            _run,
+            services,
+            (lambda: on_ready(ops)) if on_ready else None,
+            handle_signals,
+            before_unmount,
         )
     finally:
         pyfuse3.close(unmount=unmounted_by_us)
@@ -143,6 +150,7 @@ async def _run(
     services: Sequence[Service],
     on_ready: Callable[[], None] | None,
     handle_signals: bool,
+    before_unmount: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Run the FUSE loop and the services; True if a signal asked us to stop."""
     stopped_by_signal = False
@@ -154,6 +162,8 @@ async def _run(
             async for signum in signals:
                 log.info("signal %d: unmounting", signum)
                 stopped_by_signal = True
+                if before_unmount is not None:
+                    await before_unmount()
                 pyfuse3.terminate()
                 return
 

@@ -25,87 +25,25 @@ Performance notes (measured in scripts/bench_mount.py, see docs/benchmarks.md):
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import stat
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Callable, Sequence
 
 import pyfuse3
 import trio
 
-from dpmsfs.browse.vfs import VIRTUAL_BASE, Attr, ReadOnly, SnapshotTree
+from dpmsfs.browse.vfs import VIRTUAL_BASE, ReadOnly, SnapshotTree
 from dpmsfs.fs import syscalls
 from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
 from dpmsfs.fs.inodes import InodeTable, Node
+from dpmsfs.fs.replies import CACHE_TIMEOUT, attributes, translate_errors
+from dpmsfs.fs.snapshot_ops import SnapshotOperations
 
 log = logging.getLogger(__name__)
 
 RESERVED_ROOT_NAME = b".snapshots"
-CACHE_TIMEOUT = 3600.0
 _PROC_FD = b"/proc/self/fd/%d"
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def _translate_errors(
-    fn: Callable[P, Coroutine[Any, Any, R]],
-) -> Callable[P, Coroutine[Any, Any, R]]:
-    """Map OSError to FUSEError; log and return EIO for anything unexpected.
-
-    pyfuse3 lets any other exception end the main loop, which would take the whole
-    mount down for one bad request: never allowed to happen.
-    """
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except OSError as exc:
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-def _attributes(
-    ino: int,
-    mode: int,
-    nlink: int,
-    uid: int,
-    gid: int,
-    rdev: int,
-    size: int,
-    blksize: int,
-    blocks: int,
-    atime_ns: int,
-    mtime_ns: int,
-    ctime_ns: int,
-) -> pyfuse3.EntryAttributes:
-    """Entry attributes the kernel may cache for CACHE_TIMEOUT (entry and attributes)."""
-    entry = pyfuse3.EntryAttributes()
-    entry.st_ino = ino
-    entry.generation = 0
-    entry.entry_timeout = CACHE_TIMEOUT
-    entry.attr_timeout = CACHE_TIMEOUT
-    entry.st_mode = mode
-    entry.st_nlink = nlink
-    entry.st_uid = uid
-    entry.st_gid = gid
-    entry.st_rdev = rdev
-    entry.st_size = size
-    entry.st_blksize = blksize
-    entry.st_blocks = blocks
-    entry.st_atime_ns = atime_ns
-    entry.st_mtime_ns = mtime_ns
-    entry.st_ctime_ns = ctime_ns
-    return entry
 
 
 class _OpenFile:
@@ -142,11 +80,12 @@ class PassthroughOperations(pyfuse3.Operations):
         super().__init__()
         self.inodes = InodeTable(root_fd, fd_budget)
         self.sink: ChangeSink = sink or NullSink()
-        self.snapshots = snapshots  # serves .snapshots/ (inodes >= VIRTUAL_BASE)
+        # .snapshots/ (inodes and handles >= VIRTUAL_BASE), while its own mount is not up
+        self._view = (
+            SnapshotOperations(snapshots, own_mount=False) if snapshots is not None else None
+        )
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
-        self._virtual_dirs: dict[int, list[tuple[bytes, int]]] = {}
-        self._next_virtual_dir = VIRTUAL_BASE
 
     @property
     def open_file_count(self) -> int:
@@ -155,18 +94,10 @@ class PassthroughOperations(pyfuse3.Operations):
 
     # --- helpers ---------------------------------------------------------------------
     def _entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        return _attributes(
+        return attributes(
             self.inodes.fuse_ino(st.st_ino), st.st_mode, st.st_nlink, st.st_uid, st.st_gid,
             st.st_rdev, st.st_size, st.st_blksize, st.st_blocks,
             st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns,
-        )  # fmt: skip
-
-    @staticmethod
-    def _virtual_entry(attr: Attr) -> pyfuse3.EntryAttributes:
-        """A snapshot entry: only its mtime was captured, so it stands for all three."""
-        return _attributes(
-            attr.ino, attr.mode, attr.nlink, attr.uid, attr.gid, attr.rdev, attr.size,
-            4096, (attr.size + 511) // 512, attr.mtime_ns, attr.mtime_ns, attr.mtime_ns,
         )  # fmt: skip
 
     def _real(self, inode: int) -> Node:
@@ -175,10 +106,10 @@ class PassthroughOperations(pyfuse3.Operations):
             raise ReadOnly()
         return self.inodes.get(inode)
 
-    def _vfs(self) -> SnapshotTree:
-        if self.snapshots is None:
-            raise OSError(errno.ENOENT, "no snapshots are served")
-        return self.snapshots
+    def _snapshot_view(self) -> SnapshotOperations:
+        if self._view is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)  # no snapshots are served
+        return self._view
 
     def _attr_entry(self, st: os.stat_result) -> pyfuse3.EntryAttributes:
         """Attributes for a getattr or setattr reply: the real inode number, even the
@@ -275,11 +206,11 @@ class PassthroughOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        if parent_inode >= VIRTUAL_BASE:
+            return await self._snapshot_view().lookup(parent_inode, name, ctx)
+        if parent_inode == pyfuse3.ROOT_INODE and name == RESERVED_ROOT_NAME:
+            return self._snapshot_view().lookup_root()
         try:
-            if parent_inode >= VIRTUAL_BASE or (
-                parent_inode == pyfuse3.ROOT_INODE and name == RESERVED_ROOT_NAME
-            ):
-                return self._virtual_lookup(parent_inode, name)
             parent = self.inodes.get(parent_inode)
             st = os.stat(name, dir_fd=self.inodes.dir_fd(parent), follow_symlinks=False)
         except OSError as exc:
@@ -293,18 +224,11 @@ class PassthroughOperations(pyfuse3.Operations):
         self.inodes.remember(parent, name, st)
         return self._entry(st)
 
-    def _virtual_lookup(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
-        vfs = self._vfs()
-        is_root = parent_inode == pyfuse3.ROOT_INODE
-        node = vfs.root() if is_root else vfs.lookup(parent_inode, name)
-        vfs.remember(node)
-        return self._virtual_entry(vfs.attr(node))
-
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for inode, count in inode_list:
             if inode >= VIRTUAL_BASE:
-                if self.snapshots is not None:
-                    self.snapshots.forget(inode, count)
+                if self._view is not None:
+                    await self._view.forget([(inode, count)])
                 continue
             try:
                 self.inodes.forget(inode, count)
@@ -314,14 +238,14 @@ class PassthroughOperations(pyfuse3.Operations):
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
+        if inode >= VIRTUAL_BASE:
+            return await self._snapshot_view().getattr(inode, ctx)
         try:
-            if inode >= VIRTUAL_BASE:
-                return self._virtual_entry(self._vfs().getattr(inode))
             return self._attr_entry(self._stat(self.inodes.get(inode)))
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
 
-    @_translate_errors
+    @translate_errors
     async def setattr(
         self,
         inode: int,
@@ -381,17 +305,17 @@ class PassthroughOperations(pyfuse3.Operations):
             dir_fd, name = self.inodes.locate(node)
             call(dir_fd, name, syscalls.AT_SYMLINK_NOFOLLOW)
 
-    @_translate_errors
+    @translate_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         if inode >= VIRTUAL_BASE:
-            return self._vfs().readlink(inode)
+            return await self._snapshot_view().readlink(inode, ctx)
         node = self.inodes.get(inode)
         if node.fd is not None:
             return os.readlink(b"", dir_fd=node.fd)
         dir_fd, name = self.inodes.locate(node)
         return os.readlink(name, dir_fd=dir_fd)
 
-    @_translate_errors
+    @translate_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         st = os.statvfs(self.inodes.dir_fd(self.inodes.root))
         data = pyfuse3.StatvfsData()
@@ -407,7 +331,7 @@ class PassthroughOperations(pyfuse3.Operations):
         return data
 
     # --- creating and removing names -------------------------------------------------
-    @_translate_errors
+    @translate_errors
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -416,7 +340,7 @@ class PassthroughOperations(pyfuse3.Operations):
             lambda fd: os.mknod(name, mode, rdev, dir_fd=fd),
         )  # fmt: skip
 
-    @_translate_errors
+    @translate_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -425,7 +349,7 @@ class PassthroughOperations(pyfuse3.Operations):
             lambda fd: os.mkdir(name, mode, dir_fd=fd),
         )  # fmt: skip
 
-    @_translate_errors
+    @translate_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -434,11 +358,11 @@ class PassthroughOperations(pyfuse3.Operations):
             lambda fd: os.symlink(target, name, dir_fd=fd),
         )  # fmt: skip
 
-    @_translate_errors
+    @translate_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._remove(parent_inode, name, is_dir=False)
 
-    @_translate_errors
+    @translate_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         await self._remove(parent_inode, name, is_dir=True)
 
@@ -457,7 +381,7 @@ class PassthroughOperations(pyfuse3.Operations):
         if path is not None:
             self.sink.record(ChangeKind.RMDIR if is_dir else ChangeKind.UNLINK, path)
 
-    @_translate_errors
+    @translate_errors
     async def rename(
         self,
         parent_inode_old: int,
@@ -512,7 +436,7 @@ class PassthroughOperations(pyfuse3.Operations):
         if new_path is not None:
             self.sink.record(ChangeKind.RENAME, new_path, old_path)
 
-    @_translate_errors
+    @translate_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -544,11 +468,10 @@ class PassthroughOperations(pyfuse3.Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return (flags & ~os.O_APPEND) | os.O_CLOEXEC
 
-    @_translate_errors
+    @translate_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if inode >= VIRTUAL_BASE:
-            fh = await trio.to_thread.run_sync(self._vfs().open, inode, flags)
-            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+            return await self._snapshot_view().open(inode, flags, ctx)
         node = self.inodes.get(inode)
         real_flags = self._underlying_flags(flags)
         if node.fd is not None:
@@ -564,7 +487,7 @@ class PassthroughOperations(pyfuse3.Operations):
             self._record(ChangeKind.TRUNCATE, node)
         return pyfuse3.FileInfo(fh=fd, keep_cache=True)
 
-    @_translate_errors
+    @translate_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
@@ -590,9 +513,9 @@ class PassthroughOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._entry(st)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh >= VIRTUAL_BASE:
+            return await self._snapshot_view().read(fh, off, size)
         try:
-            if fh >= VIRTUAL_BASE:
-                return await trio.to_thread.run_sync(self._vfs().read, fh, off, size)
             return os.pread(fh, size, off)
         except OSError as exc:
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
@@ -612,10 +535,10 @@ class PassthroughOperations(pyfuse3.Operations):
         # Nothing to do at close() for a local file; ENOSYS makes the kernel stop asking.
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
-    @_translate_errors
+    @translate_errors
     async def release(self, fh: int) -> None:
         if fh >= VIRTUAL_BASE:
-            self._vfs().release(fh)
+            await self._snapshot_view().release(fh)
             return
         handle = self._files.pop(fh)
         try:
@@ -625,22 +548,17 @@ class PassthroughOperations(pyfuse3.Operations):
                 self._record(ChangeKind.CLOSE_WRITE, handle.node)
             self.inodes.release_open(handle.node)
 
-    @_translate_errors
+    @translate_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
         if fh >= VIRTUAL_BASE:
             return
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
 
     # --- directories -----------------------------------------------------------------
-    @_translate_errors
+    @translate_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         if inode >= VIRTUAL_BASE:
-            vfs = self._vfs()
-            listing = await trio.to_thread.run_sync(lambda: list(vfs.listdir(inode)))
-            fh = self._next_virtual_dir
-            self._next_virtual_dir += 1
-            self._virtual_dirs[fh] = [(name, node.ino) for name, node in listing]
-            return fh
+            return await self._snapshot_view().opendir(inode, ctx)
         node = self.inodes.get(inode)
         fd = os.open(
             b".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.inodes.dir_fd(node)
@@ -648,10 +566,10 @@ class PassthroughOperations(pyfuse3.Operations):
         self._dirs[fd] = _OpenDir(node, fd)
         return fd
 
-    @_translate_errors
+    @translate_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         if fh >= VIRTUAL_BASE:
-            self._virtual_readdir(fh, start_id, token)
+            await self._snapshot_view().readdir(fh, start_id, token)
             return
         handle = self._dirs[fh]
         node = handle.node
@@ -686,28 +604,15 @@ class PassthroughOperations(pyfuse3.Operations):
                 # The kernel now holds a reference; "." and ".." never take one.
                 self.inodes.remember(node, name, st)
 
-    def _virtual_readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        vfs = self._vfs()
-        entries = self._virtual_dirs[fh]
-        for index in range(start_id, len(entries)):
-            name, ino = entries[index]
-            try:
-                attr = vfs.getattr(ino)
-            except OSError:
-                continue  # forgotten meanwhile
-            if not pyfuse3.readdir_reply(token, name, self._virtual_entry(attr), index + 1):
-                break
-            vfs.remember(vfs.node(ino))
-
-    @_translate_errors
+    @translate_errors
     async def releasedir(self, fh: int) -> None:
         if fh >= VIRTUAL_BASE:
-            self._virtual_dirs.pop(fh, None)
+            await self._snapshot_view().releasedir(fh)
             return
         self._dirs.pop(fh, None)
         os.close(fh)
 
-    @_translate_errors
+    @translate_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
         if fh >= VIRTUAL_BASE:
             return
@@ -719,7 +624,7 @@ class PassthroughOperations(pyfuse3.Operations):
             raise OSError(errno.EPERM, "no extended attributes on symlinks")
         return self._proc_path(node)
 
-    @_translate_errors
+    @translate_errors
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
@@ -727,13 +632,11 @@ class PassthroughOperations(pyfuse3.Operations):
         os.setxattr(self._xattr_path(node), name, value)
         self._record(ChangeKind.XATTR, node)
 
-    @_translate_errors
+    @translate_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode >= VIRTUAL_BASE:
-            value = self._vfs().xattrs(inode).get(name)
-            if value is None:
-                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-            return value
+            # As in the view's own mount: no extended attributes shown (snapshot_ops.py).
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         node = self.inodes.get(inode)
         try:
             return os.getxattr(self._xattr_path(node), name)
@@ -742,16 +645,16 @@ class PassthroughOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
             raise
 
-    @_translate_errors
+    @translate_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if inode >= VIRTUAL_BASE:
-            return list(self._vfs().xattrs(inode))
+            return await self._snapshot_view().listxattr(inode, ctx)
         node = self.inodes.get(inode)
         if not node.is_dir and node.fd is None and self._is_symlink(node):
             return []
         return [os.fsencode(n) for n in os.listxattr(self._proc_path(node))]
 
-    @_translate_errors
+    @translate_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         node = self._real(inode)
         try:

@@ -32,10 +32,10 @@ MNT_DETACH = 2
 FUSECTL = Path("/sys/fs/fuse/connections")
 
 
-def mount_identity(mount_point: str) -> tuple[int, int] | None:
+def mount_identity(mount_point: str, fstype: str = FSTYPE) -> tuple[int, int] | None:
     """(mount id, FUSE connection number) of the dpmsfs mount on top at `mount_point`."""
     mount = topmost(mount_point)
-    if mount is None or mount.fstype != FSTYPE:
+    if mount is None or mount.fstype != fstype:
         return None
     return mount.mount_id, mount.device_minor
 
@@ -81,8 +81,9 @@ def start(mount_point: str) -> Watchdog | None:
     return Watchdog(write_fd, process)
 
 
-def _detach(mount_point: str, mount_id: int, connection: int) -> bool:
-    identity = mount_identity(mount_point)
+def detach(mount_point: str, mount_id: int, connection: int, fstype: str = FSTYPE) -> bool:
+    """Abort the FUSE connection of a dead mount and detach it; False if it was gone."""
+    identity = mount_identity(mount_point, fstype)
     if identity is None or identity[0] != mount_id:
         return False  # unmounted cleanly, or already replaced by a new mount
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -96,7 +97,7 @@ def _detach(mount_point: str, mount_id: int, connection: int) -> bool:
         pass  # connection already gone; detaching is what matters
     if libc.umount2(os.fsencode(mount_point), MNT_DETACH) != 0:
         err = ctypes.get_errno()
-        if mount_identity(mount_point) == identity:
+        if mount_identity(mount_point, fstype) == identity:
             print(f"dpmsfs watchdog: cannot detach {mount_point}: {os.strerror(err)}",
                   file=sys.stderr)  # fmt: skip
             return False
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> int:
                 break
         except InterruptedError:
             continue
-    if _detach(mount_point, mount_id, connection):
+    if detach(mount_point, mount_id, connection):
         print(f"dpmsfs watchdog: daemon gone, detached {mount_point}", file=sys.stderr)
     return 0
 

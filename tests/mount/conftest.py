@@ -85,6 +85,31 @@ class CliMount:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    @property
+    def view(self) -> Path:
+        return self.workdir / ".snapshots"
+
+    def view_mounted(self) -> bool:
+        return mountinfo.is_dpmsfs_mount(self.view, mountinfo.VIEW_FSTYPE)
+
+    def wait_for_view(self) -> None:
+        """Until the snapshot view's own mount is up on WORKDIR/.snapshots."""
+        wait_for(self.view_mounted, what=f"snapshot view on {self.view}")
+
+    def view_pid(self) -> int:
+        """The snapshot view's process (a child of the daemon)."""
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                if "dpmsfs.fs.snapshot_mount" in Path(f"/proc/{child}/cmdline").read_text():
+                    return int(child)
+        raise AssertionError("no snapshot view process")
+
+    def stop_view(self) -> None:
+        """Unmount the view; the daemon leaves it down and serves .snapshots itself."""
+        subprocess.run(["fusermount3", "-u", str(self.view)], check=True, capture_output=True)
+        wait_for(lambda: not self.view_mounted(), what="view unmounted")
+        wait_for(lambda: "unmounted from outside" in self.log(), what="daemon saw it")
+
     def stop(self) -> None:
         force_unmount(self.workdir)
         if self.proc.poll() is None:
@@ -255,6 +280,7 @@ def store_dir(workdir: Path) -> Path:
 def mounted(workdir: Path, store_dir: Path) -> Iterator[CliMount]:
     """A versioning mount of `workdir` with its store in `store_dir`."""
     mount = CliMount(workdir, "--store", str(store_dir))
+    mount.wait_for_view()
     yield mount
     mount.stop()
 

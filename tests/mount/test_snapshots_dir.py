@@ -88,6 +88,16 @@ def rss_anon_kib(pid: int) -> int:
     raise AssertionError("no RssAnon")
 
 
+@pytest.fixture(params=["view", "fallback"])
+def served(request: pytest.FixtureRequest, mounted: CliMount) -> CliMount:
+    """The mount, with .snapshots served by the view's own mount (the normal case) or,
+    with the view unmounted, by the work directory's mount itself."""
+    if request.param == "fallback":
+        mounted.stop_view()
+    assert mounted.view_mounted() == (request.param == "view")
+    return mounted
+
+
 # --- hidden but reachable -------------------------------------------------------------
 
 
@@ -185,8 +195,8 @@ def test_names_sort_chronologically_and_latest_follows(mounted: CliMount, store_
 # --- exact attributes and contents ----------------------------------------------------
 
 
-def test_attributes_and_contents_as_captured(mounted: CliMount, store_dir: Path) -> None:
-    work = mounted.workdir
+def test_attributes_and_contents_as_captured(served: CliMount, store_dir: Path) -> None:
+    work = served.workdir
     build_tree(work)
     expected = lstat_tree(work)
     big = (work / "big.bin").read_bytes()
@@ -197,8 +207,12 @@ def test_attributes_and_contents_as_captured(mounted: CliMount, store_dir: Path)
     assert got.keys() == expected.keys()
     for key, want in expected.items():
         assert got[key] == want, key
-    assert os.getxattr(snap / "tagged", b"user.lot") == b"A1234"
-    assert os.listxattr(snap / "tagged") == ["user.lot"]
+    # Extended attributes are kept (`dpmsfs restore` puts them back, test_restore.py)
+    # but not shown: see dpmsfs/fs/snapshot_ops.py.
+    assert os.listxattr(snap / "tagged") == []
+    with pytest.raises(OSError) as info:
+        os.getxattr(snap / "tagged", b"user.lot")
+    assert info.value.errno in (errno.EOPNOTSUPP, errno.ENODATA)
     assert os.lstat(snap / "h1").st_ino == os.lstat(snap / "h2").st_ino
     assert os.lstat(snap / "h1").st_nlink >= 2
     assert os.lstat(snap / "h1").st_ino != os.lstat(snap / "tagged").st_ino
@@ -230,7 +244,7 @@ def test_attributes_and_contents_as_captured(mounted: CliMount, store_dir: Path)
     subprocess.run(["cp", "-a", str(snap), str(copy)], check=True)
     assert lstat_tree(copy) == expected
     assert os.lstat(copy / "h1").st_ino == os.lstat(copy / "h2").st_ino
-    assert os.getxattr(copy / "tagged", b"user.lot") == b"A1234"
+    assert os.listxattr(copy / "tagged") == []
 
     # Snapshots stay as captured when the live files change.
     (work / "pgm" / "src" / "main.cpp").write_text("changed")
@@ -250,14 +264,27 @@ def test_attributes_and_contents_as_captured(mounted: CliMount, store_dir: Path)
 # --- read-only ------------------------------------------------------------------------
 
 
+# Crossing between the work directory and the view's own mount is refused by the kernel
+# with EXDEV before it looks at read-only (as between any two mounts); `mv` then copies
+# and fails to remove the source with EROFS. Within one mount: EROFS.
+CROSSING = {"rename out", "rename in", "link out", "link in"}
+# .snapshots itself is the view's mount point: removing or replacing it is EBUSY.
+MOUNT_POINT = {"rmdir .snapshots", "rename .snapshots", "rename a directory onto .snapshots"}
+
+
 def expect_erofs(what: str, call: Callable[[], object]) -> None:
     with pytest.raises(OSError) as info:
         call()
-    assert info.value.errno == errno.EROFS, f"{what}: {info.value!r}"
+    allowed = {errno.EROFS}
+    if what in CROSSING:
+        allowed.add(errno.EXDEV)
+    if what in MOUNT_POINT:
+        allowed.add(errno.EBUSY)
+    assert info.value.errno in allowed, f"{what}: {info.value!r}"
 
 
-def test_every_change_fails_with_erofs(mounted: CliMount, store_dir: Path) -> None:
-    work = mounted.workdir
+def test_every_change_fails_with_erofs(served: CliMount, store_dir: Path) -> None:
+    work = served.workdir
     (work / "d" / "sub").mkdir(parents=True)
     (work / "d" / "f").write_text("captured")
     (work / "live").write_text("live")
@@ -323,7 +350,7 @@ def test_every_change_fails_with_erofs(mounted: CliMount, store_dir: Path) -> No
     assert sorted(os.listdir(work)) == ["d", "emptydir", "live"]
     assert sorted(os.listdir(d)) == ["f", "sub"]
     assert sorted(os.listdir(snaps)) == sorted([name, "latest"])
-    assert mounted.proc.poll() is None
+    assert served.proc.poll() is None
 
 
 # --- damaged store --------------------------------------------------------------------
@@ -396,7 +423,7 @@ def test_memory_stays_bounded_browsing_many_snapshots(mounted: CliMount, store_d
         (work / "counter").write_text(str(i))  # a new root tree each time
         names.append(quick_snapshot(work, store_dir))
     snaps = work / ".snapshots"
-    pid = mounted.proc.pid
+    pid = mounted.view_pid()  # the process serving .snapshots
 
     def browse(batch: list[str]) -> int:
         for name in batch:
