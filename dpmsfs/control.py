@@ -51,7 +51,7 @@ async def serve_control(path: Path, handlers: dict[str, Handler]) -> None:
                 else:
                     reply = {"ok": True, **(await handler(request))}
             except DpmsError as exc:
-                reply = {"ok": False, "error": str(exc)}
+                reply = {"ok": False, "error": str(exc), "exit_code": exc.exit_code}
             except ValueError as exc:
                 reply = {"ok": False, "error": f"malformed request: {exc}"}
             except Exception as exc:  # a bad request must not take the daemon down
@@ -101,6 +101,8 @@ def call(path: Path, request: dict[str, Any], timeout: float | None = 30.0) -> d
                 data += chunk
     except (FileNotFoundError, ConnectionRefusedError):
         raise UnavailableError("the dpmsfs daemon is not running for this work directory") from None
+    except PermissionError:
+        raise UnavailableError(f"no permission to talk to the dpmsfs daemon ({path})") from None
     except TimeoutError:
         raise UnavailableError("the dpmsfs daemon did not answer in time") from None
     except (ConnectionResetError, BrokenPipeError):
@@ -111,5 +113,9 @@ def call(path: Path, request: dict[str, Any], timeout: float | None = 30.0) -> d
     except ValueError:
         raise UnavailableError("the dpmsfs daemon closed the connection") from None
     if not reply.get("ok"):
-        raise DpmsError(str(reply.get("error", "request failed")))
+        error = DpmsError(str(reply.get("error", "request failed")))
+        code = reply.get("exit_code")
+        if isinstance(code, int):
+            error.exit_code = code  # the daemon's own error class, e.g. not found
+        raise error
     return reply

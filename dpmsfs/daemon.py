@@ -7,6 +7,7 @@ changes), then the engine, then the store is closed (its last packs flushed).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -15,12 +16,14 @@ from typing import Any
 import trio
 
 from chunker import DEFAULT_PARAMS
+from dpmsfs.browse import restore_job
+from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.clock import SYSTEM_CLOCK, Clock
 from dpmsfs.config import Config, remember_store
-from dpmsfs.control import serve_control
-from dpmsfs.errors import BusyError, UnavailableError, UsageError
+from dpmsfs.control import Handler, serve_control
+from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView
 from dpmsfs.store.errors import StoreError, StoreLockedError
@@ -97,10 +100,35 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             record = await engine.snapshot(label=str(request.get("label", "")))
             return {"snapshot": record.name}
 
-        async def control() -> None:
-            await serve_control(
-                config.control_socket, {"status": status, "snapshot": snapshot, "ping": ping}
+        async def restore(request: dict[str, Any]) -> dict[str, Any]:
+            """A small restore for `dpmsfs restore` (browse/restore_job.py says why)."""
+            reader = SnapshotReader(store)
+            job = await trio.to_thread.run_sync(
+                restore_job.job_from_request, reader, config.workdir, request
             )
+            if job is None:
+                return {"delegated": False}
+            safety = ""
+            if job.in_place:
+                safety = (await engine.snapshot(label="pre-restore")).name
+
+            def run_job() -> restore_job.RestoreStats:
+                return restore_job.restore(reader, job.record, job.selection, job.target,
+                                           in_place=job.in_place, force=job.force)  # fmt: skip
+
+            try:
+                # Off the FUSE thread: an in-place restore writes through this very mount.
+                stats = await trio.to_thread.run_sync(run_job)
+            except OSError as exc:
+                raise DpmsError(f"restore into {job.target} failed: {exc}") from None
+            return {"delegated": True, "snapshot": job.record.name, "safety": safety,
+                    "target": str(job.target), "stats": dataclasses.asdict(stats)}  # fmt: skip
+
+        async def control() -> None:
+            handlers: dict[str, Handler] = {
+                "status": status, "snapshot": snapshot, "ping": ping, "restore": restore,
+            }  # fmt: skip
+            await serve_control(config.control_socket, handlers)
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)

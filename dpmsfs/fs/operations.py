@@ -12,8 +12,9 @@ Performance notes (measured in scripts/bench_mount.py, see docs/benchmarks.md):
   in the kernel until it is written back to this daemon, and is lost if the daemon dies
   (fail-open must never lose a write that returned); the kernel also keeps its own file
   times, so captured mtimes drifted from what `stat` showed. Write-through costs one
-  request per write() call; the writeback cache had its own extra requests (a GETXATTR
-  security.capability per write, a SETATTR per unlink).
+  request per write() call, plus a GETXATTR security.capability the kernel sends before
+  each write (pyfuse3 cannot ask for FUSE_HANDLE_KILLPRIV_V2, which would stop it; see
+  docs/design.md); the writeback cache had its own extra request (a SETATTR per unlink).
 * O_APPEND is resolved by the kernel (it sends the offset), O_DIRECT is dropped
   underneath (requests arrive in unaligned buffers), a write-only open is read-write
   underneath (harmless, and needed if the writeback cache is ever turned on).
