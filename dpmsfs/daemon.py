@@ -121,6 +121,8 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 stats = await trio.to_thread.run_sync(run_job)
             except OSError as exc:
                 raise DpmsError(f"restore into {job.target} failed: {exc}") from None
+            log.info("restored %d files, %d directories from %s into %s for the CLI",
+                     stats.files, stats.directories, job.record.name, job.target)  # fmt: skip
             return {"delegated": True, "snapshot": job.record.name, "safety": safety,
                     "target": str(job.target), "stats": dataclasses.asdict(stats)}  # fmt: skip
 

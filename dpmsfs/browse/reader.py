@@ -22,9 +22,7 @@ class SnapshotReader:
 
     def snapshot(self, name: str) -> SnapshotRecord:
         if name == "latest":
-            last: SnapshotRecord | None = None
-            for last in self.store.list_snapshots():  # noqa: B007 - oldest first: keep the last
-                pass
+            last = self.store.latest_snapshot()
             if last is None:
                 raise NotFoundError("there are no snapshots yet")
             return last

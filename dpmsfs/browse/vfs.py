@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from dpmsfs.store.errors import StoreError
+from dpmsfs.store.schema import ObjectLocation
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType, TreeEntry, find
@@ -80,9 +81,12 @@ class VNode:
 class OpenFile:
     """An open snapshot file: chunk offsets, and the last chunk read (reads are sequential)."""
 
-    def __init__(self, entry: TreeEntry, offsets: list[int]) -> None:
+    def __init__(
+        self, entry: TreeEntry, offsets: list[int], locations: list[ObjectLocation]
+    ) -> None:
         self.entry = entry
         self.offsets = offsets  # start offset of each chunk, plus the end
+        self.locations = locations  # of each chunk, looked up once at open (not per read)
         # (index, bytes) as one object: reads of one handle run on several threads at once
         self.cached: tuple[int, bytes] = (-1, b"")
 
@@ -173,10 +177,7 @@ class SnapshotTree:
         return list(self.store.list_snapshots())
 
     def _latest(self) -> SnapshotRecord | None:
-        last = None
-        for last in self.store.list_snapshots():  # noqa: B007 - oldest first: keep the last
-            pass
-        return last
+        return self.store.latest_snapshot()
 
     def _snapshot_node(self, record: SnapshotRecord) -> VNode:
         return self._get_or_make(
@@ -261,16 +262,18 @@ class SnapshotTree:
         if entry is None or entry.type != EntryType.FILE:
             raise IsADirectoryError(errno.EISDIR, "not a regular file")
         offsets = [0]
+        locations = []
         for chunk_id in entry.content:
             location = self.store.locate(chunk_id)
             if location is None:
                 log.error("chunk %s of a snapshot file is not in the local store", chunk_id.hex())
                 raise OSError(errno.EIO, "chunk missing from the local store")
             offsets.append(offsets[-1] + location.raw_length)
+            locations.append(location)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
-            self._files[fh] = OpenFile(entry, offsets)
+            self._files[fh] = OpenFile(entry, offsets, locations)
         return fh
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
@@ -294,8 +297,10 @@ class SnapshotTree:
         if cached_index == index:
             return cached
         chunk_id = handle.entry.content[index]
+        location = handle.locations[index]
         try:
-            data = self.store.read_object(chunk_id)
+            blob = self.store.read_blob(location, chunk_id)
+            data = self.store.decode_blob(chunk_id, blob, location.pack_id)
         except StoreError as exc:
             log.error(
                 "cannot read chunk %s of %s: %s",

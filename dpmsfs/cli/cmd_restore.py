@@ -10,7 +10,6 @@ is mounted (faster: see dpmsfs/browse/restore_job.py), the rest here.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -102,6 +101,8 @@ def _ask_daemon(
 def _restore_here(
     cfg: Config, args: argparse.Namespace, wanted: list[bytes], target: Path, in_place: bool
 ) -> int:
+    import dataclasses
+
     from dpmsfs.browse import restore_job  # the store's libraries: only when needed here
     from dpmsfs.browse.reader import SnapshotReader
     from dpmsfs.cli import cmd_snapshot

@@ -47,6 +47,12 @@ class SnapshotOperations(pyfuse3.Operations):
         self._own_mount = own_mount
         self._dirs: dict[int, list[tuple[bytes, int]]] = {}
         self._next_dir = VIRTUAL_BASE
+        self.init_done = False
+
+    def init(self) -> None:
+        # Called while the kernel's INIT request is answered; the kernel applies the
+        # reply (and resets the mount's read-ahead) right after.
+        self.init_done = True
 
     def _ino(self, inode: int) -> int:
         if self._own_mount and inode == pyfuse3.ROOT_INODE:

@@ -7,6 +7,12 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from dpmsfs import control
+from dpmsfs.browse.restore_job import SMALL_ENTRIES
+from dpmsfs.config import Config
+from dpmsfs.errors import DpmsError
 from tests.mount.conftest import CliMount, cli_snapshot, run_cli
 
 MTIME = 1_600_000_000_000_000_000
@@ -124,6 +130,8 @@ def test_one_file_and_one_directory_in_place(mounted: CliMount, store_dir: Path)
     result = restore(work, store_dir, name, "pgm/src/main.cpp")
     assert result.returncode == 0, result.stderr
     assert state(work)["pgm/src/main.cpp"] == expected["pgm/src/main.cpp"]
+    # Small selections are restored by the running daemon (browse/restore_job.py).
+    assert f"restored 1 files, 0 directories from {name} into {work} for the CLI" in mounted.log()
     assert (work / "pgm" / "limits.csv").stat().st_mode & 0o777 == 0o666  # not restored
     assert (work / "extra.txt").exists()  # a file restore removes nothing else
 
@@ -272,3 +280,56 @@ def test_mtime_of_a_file_written_through_the_mount_is_captured(
     name = cli_snapshot(work, store_dir)
     captured = {k: os.lstat(work / ".snapshots" / name / k).st_mtime_ns for k in seen}
     assert captured == seen
+
+
+def test_large_selection_is_restored_by_the_cli(mounted: CliMount, store_dir: Path) -> None:
+    """Above SMALL_ENTRIES the daemon declines and the CLI restores, with the same result."""
+    work = mounted.workdir
+    (work / "many").mkdir()
+    for i in range(SMALL_ENTRIES + 10):
+        (work / "many" / f"f{i:03d}").write_text(str(i))
+    (work / "one.txt").write_text("one")
+    name = cli_snapshot(work, store_dir)
+    out = work.parent / "out"
+
+    assert restore(work, store_dir, name, "many", "--to", str(out)).returncode == 0
+    assert sorted(p.name for p in (out / "many").iterdir()) == sorted(
+        f"f{i:03d}" for i in range(SMALL_ENTRIES + 10)
+    )
+    assert (out / "many" / "f123").read_text() == "123"
+    assert "for the CLI" not in mounted.log()
+    assert restore(work, store_dir, name, "one.txt", "--to", str(out)).returncode == 0
+    assert "restored 1 files" in mounted.log()
+
+
+def test_daemon_refuses_bad_restore_requests(mounted: CliMount, store_dir: Path) -> None:
+    """The control socket is root-only, but a bad request must still never write
+    outside its target nor take the daemon down."""
+    work = mounted.workdir
+    (work / "a").write_text("a")
+    name = cli_snapshot(work, store_dir)
+    socket_path = Config(workdir=work, store=store_dir).control_socket
+    outside = work.parent / "outside"
+    good = {"cmd": "restore", "snapshot": name, "paths": ["a"], "to": None, "force": False}
+    bad: list[tuple[dict[str, object], str]] = [
+        ({**good, "paths": ["../outside/a"]}, "'..' is not allowed"),
+        ({**good, "paths": ["/etc/passwd"]}, "relative to the work directory"),
+        ({**good, "paths": ["a\0b"]}, "NUL"),
+        ({**good, "paths": [".snapshots/x"]}, "not of .snapshots"),
+        ({**good, "paths": "a"}, "malformed request"),
+        ({**good, "paths": []}, "malformed request"),
+        ({**good, "snapshot": 7}, "malformed request"),
+        ({**good, "to": "relative/dir"}, "malformed request"),
+        ({**good, "to": str(outside)}, "no such directory"),
+        ({**good, "force": "yes"}, "malformed request"),
+        ({**good, "snapshot": "1999-01-01T000000Z"}, "no snapshot named"),
+        ({**good, "paths": ["missing"]}, "is not in snapshot"),
+    ]
+    for request, message in bad:
+        with pytest.raises(DpmsError) as info:
+            control.call(socket_path, request)
+        assert message in str(info.value), (request, str(info.value))
+    assert not outside.exists()
+    assert mounted.proc.poll() is None
+    reply = control.call(socket_path, {**good, "to": str(work.parent)})
+    assert reply["delegated"] and (work.parent / "a").read_text() == "a"

@@ -130,6 +130,7 @@ def test_lock(tmp_path: Path) -> None:
 
 def test_snapshot_needs_flushed_root_and_lists_in_order(tmp_path: Path) -> None:
     store = new_store(str(tmp_path / "s"))
+    assert store.latest_snapshot() is None
     root, _ = store.write_object(ObjectType.TREE, b"not flushed yet")
     with pytest.raises(StoreError, match="not flushed"):
         store.add_snapshot(SnapshotRecord("2024-05-01T120000Z", T0, root))
@@ -144,6 +145,7 @@ def test_snapshot_needs_flushed_root_and_lists_in_order(tmp_path: Path) -> None:
     ]
     listed = list(store.list_snapshots())
     assert [r.name for r in listed] == names
+    assert store.latest_snapshot() == listed[-1]
     assert store.get_snapshot(names[1]) == listed[1]
     assert store.get_snapshot("nope") is None
     with pytest.raises(StoreError, match="already exists"):
