@@ -254,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         cat = lambda: run(["cat", str(big)], stdout=subprocess.DEVNULL)  # noqa: E731
         results["cat_cold_MBps"] = big_bytes / 1e6 / median_of(args.runs, cat, drop_caches)
         results["cat_warm_MBps"] = big_bytes / 1e6 / median_of(args.runs, cat, None)
+        native = lambda: run(["cat", str(extra_src / "big.bin")], stdout=subprocess.DEVNULL)  # noqa: E731
+        results["native_cat_cold_MBps"] = (
+            big_bytes / 1e6 / median_of(args.runs, native, drop_caches)
+        )  # the disk itself, same file, same run: what a cold cat can reach at most
         if peers:
             dump = ["restic", "-r", str(restic_repo), "dump", "--tag", "extra", "latest",
                     str(extra_src / "big.bin")]  # fmt: skip
@@ -391,6 +395,10 @@ def print_table(r: dict[str, float], args: argparse.Namespace, peers: bool) -> N
          f"{ratio(r['cat_cold_MBps'], 'borg_cat_cold_MBps', True)}"),
         (f"cat {args.big_mb} MiB file, warm", f"{r['cat_warm_MBps']:.0f} MB/s",
          ">= 300 MB/s", "-", "-", "-"),
+        ("  the same file from the native disk, cold (baseline)",
+         f"{r['native_cat_cold_MBps']:.0f} MB/s "
+         f"(dpmsfs cold = {r['cat_cold_MBps'] / r['native_cat_cold_MBps']:.2f}x of it)",
+         "-", "-", "-", "-"),
         (f"ls -R of a snapshot ({mb:.0f} MB, {r['tree_files']:.0f} files), cold / warm",
          f"{r['lsR_cold_s']:.2f} s / {r['lsR_warm_s']:.2f} s", "-",
          f"{r.get('restic_lsR_cold_s', 0):.2f} s / {r.get('restic_lsR_warm_s', 0):.2f} s",
