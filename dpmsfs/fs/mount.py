@@ -116,7 +116,7 @@ def serve(
     unmounted_by_us = False
     try:
         unmounted_by_us = trio.run(
-            _run,
+            run_session,
             services,
             (lambda: on_ready(ops)) if on_ready else None,
             handle_signals,
@@ -146,13 +146,17 @@ def _allow_setid_and_devices(workdir: Path) -> None:
         log.warning("%s: set-id programs and device files stay disabled: %s", workdir, exc)
 
 
-async def _run(
+async def run_session(
     services: Sequence[Service],
     on_ready: Callable[[], None] | None,
     handle_signals: bool,
     before_unmount: Callable[[], Awaitable[None]] | None = None,
+    notify_ready: bool = True,
 ) -> bool:
-    """Run the FUSE loop and the services; True if a signal asked us to stop."""
+    """Run the FUSE loop and the services; True if a signal asked us to stop.
+
+    Both mounts use it: the work directory's and the snapshot view's (which must not
+    tell systemd it is ready: only the daemon, the service's main process, does)."""
     stopped_by_signal = False
 
     async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -174,7 +178,8 @@ async def _run(
             nursery.start_soon(service)
         if on_ready is not None:
             on_ready()
-        sdnotify.notify("READY=1")
+        if notify_ready:
+            sdnotify.notify("READY=1")
         try:
             await pyfuse3.main()
         except OSError as exc:

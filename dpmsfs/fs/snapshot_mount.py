@@ -23,13 +23,12 @@ Run by the daemon as `python -m dpmsfs.fs.snapshot_mount WORKDIR STORE`.
 from __future__ import annotations
 
 import argparse
-import errno
+import functools
 import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pyfuse3
@@ -37,6 +36,7 @@ import trio
 
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.fs import watchdog
+from dpmsfs.fs.mount import Service, run_session
 from dpmsfs.fs.snapshot_ops import SnapshotOperations
 from dpmsfs.mountinfo import VIEW_FSTYPE, topmost
 
@@ -95,10 +95,6 @@ class SnapshotView:
         self.restarts = 0
         self._process: trio.Process | None = None
         self._stopping = False
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     def state(self) -> str:
         """One line for `dpmsfs status`."""
@@ -192,47 +188,27 @@ async def _after_init(ops: SnapshotOperations, mount_point: str) -> None:
         await trio.to_thread.run_sync(_raise_read_ahead, mount_point)
 
 
-async def _serve(
-    daemon_fd: int | None, after_init: Callable[[], Awaitable[None]] | None = None
-) -> bool:
-    """Serve until unmounted (False), or signalled or the daemon gone (True: unmount)."""
-    stopped = False
-    async with trio.open_nursery() as nursery:
-        if after_init is not None:
-            nursery.start_soon(after_init)
-
-        async def watch_daemon(fd: int) -> None:
-            nonlocal stopped
-            while True:
-                await trio.lowlevel.wait_readable(fd)
-                try:
-                    if not os.read(fd, 1):
-                        break  # end of file: the daemon is gone, however it died
-                except BlockingIOError:
-                    continue
-            log.warning("the dpmsfs daemon is gone: unmounting the snapshot view")
-            stopped = True
-            pyfuse3.terminate()
-
-        async def watch_signals() -> None:
-            nonlocal stopped
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-                async for _ in sigs:
-                    stopped = True
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(watch_signals)
-        if daemon_fd is not None:
-            os.set_blocking(daemon_fd, False)
-            nursery.start_soon(watch_daemon, daemon_fd)
+async def _watch_daemon(fd: int) -> None:
+    """End the session when the daemon is gone (end of file on its pipe), however it
+    died; its fail-open watchdog detaches the work directory and this view with it."""
+    os.set_blocking(fd, False)
+    while True:
+        await trio.lowlevel.wait_readable(fd)
         try:
-            await pyfuse3.main()
-        except OSError as exc:
-            if exc.errno != errno.ENODEV:
-                raise
-        nursery.cancel_scope.cancel()
-    return stopped
+            if not os.read(fd, 1):
+                break
+        except BlockingIOError:
+            continue
+    log.warning("the dpmsfs daemon is gone: ending the snapshot view")
+    pyfuse3.terminate()
+
+
+async def _serve(daemon_fd: int | None, after_init: Service) -> bool:
+    """Serve until unmounted (False) or signalled (True: unmount ourselves)."""
+    services = [after_init]
+    if daemon_fd is not None:
+        services.append(functools.partial(_watch_daemon, daemon_fd))
+    return await run_session(services, None, handle_signals=True, notify_ready=False)
 
 
 def _raise_read_ahead(mount_point: str) -> None:
