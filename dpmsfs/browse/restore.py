@@ -5,9 +5,10 @@ Safety, because names come from the store and the target may be hostile:
   NUL) and checked again here;
 * every write is relative to a directory descriptor, opened with O_NOFOLLOW one
   component at a time: a symlink in the target can never send a write elsewhere;
-* a file is written to a temporary name, its content ids are verified by chunking
-  what was written, then it is renamed over the old one: an interrupted restore never
-  leaves a half-written file under the real name.
+* a file gets its name only once written and verified: a new name is linked to an
+  unnamed O_TMPFILE inode (nothing is left behind if the restore is interrupted), an
+  existing file is replaced by renaming a temporary name over it (atomic); either way
+  an interrupted restore never leaves a half-written file under the real name.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dpmsfs.store.tree import EntryType, TreeEntry, check_name
 log = logging.getLogger(__name__)
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PROC_FD = b"/proc/self/fd/%d"
 PENDING_DIRS = 256  # directories kept open while their files are restored
 TEMP_PREFIX = b".dpmsfs-restore-"
 
@@ -70,6 +72,7 @@ class Restorer:
         self.delete_extra = delete_extra
         self.restore_owner = restore_owner and os.geteuid() == 0
         self.progress = progress
+        self._tmpfile_ok = True  # O_TMPFILE works on the target (until it fails once)
         self.stats = RestoreStats()
         self._links: dict[int, tuple[int, bytes]] = {}  # link_key -> (dir fd dup, name)
         self._last_progress = 0.0
@@ -221,9 +224,11 @@ class Restorer:
         replaceable = existing is None or (self.overwrite and not stat.S_ISDIR(existing.st_mode))
         if not replaceable and not self._clear_way(parent_fd, entry.name, keep_dir=False):
             return
-        temp = TEMP_PREFIX + os.urandom(6).hex().encode()
-        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600, dir_fd=parent_fd)  # fmt: skip
+        fd, temp = self._open_unnamed(parent_fd) if existing is None else (-1, b"")
+        if fd < 0:
+            temp = TEMP_PREFIX + os.urandom(6).hex().encode()
+            fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600, dir_fd=parent_fd)  # fmt: skip
         try:
             written = 0
             lengths = []
@@ -241,12 +246,16 @@ class Restorer:
                 )
             self._verify_written(fd, entry, lengths)
             self._apply_metadata(fd, entry)
-            os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            if temp:
+                os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+            else:  # give the unnamed inode its name (EEXIST if one appeared meanwhile)
+                os.link(_PROC_FD % fd, entry.name, dst_dir_fd=parent_fd, follow_symlinks=True)
         except BaseException:
-            try:
-                os.unlink(temp, dir_fd=parent_fd)
-            except OSError:
-                pass
+            if temp:
+                try:
+                    os.unlink(temp, dir_fd=parent_fd)
+                except OSError:
+                    pass
             raise
         finally:
             os.close(fd)
@@ -254,6 +263,23 @@ class Restorer:
             self._links[entry.link_key] = (os.dup(parent_fd), entry.name)
         with self._stats_lock:
             self.stats.files += 1
+
+    def _open_unnamed(self, parent_fd: int) -> tuple[int, bytes]:
+        """An O_TMPFILE inode in the directory, or (-1, b"") where the file system has
+        none (FUSE: the work directory's own mount; then a named temporary is used).
+
+        Measured (perf, full restore of the 2.2 GB tree): renaming temporaries cost 7 %
+        of the CPU in two threads spinning on the directory's lock."""
+        if not self._tmpfile_ok:
+            return -1, b""
+        try:
+            return os.open(b".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600,
+                           dir_fd=parent_fd), b""  # fmt: skip
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS):
+                raise
+            self._tmpfile_ok = False  # not on this target: stop asking
+            return -1, b""
 
     def _verify_written(self, fd: int, entry: TreeEntry, lengths: list[int]) -> None:
         """Read back what was written and check each chunk's id against the snapshot's.
