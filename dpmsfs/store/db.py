@@ -15,6 +15,8 @@ Choices, and why:
 - The map grows on demand (doubling, up to ``max_map_size``).  ``set_mapsize`` is only legal
   while this process has no transaction open, so read transactions are counted and a resize
   waits for them to drain (readers arriving meanwhile wait for the resize).
+- A read-only process (the snapshot view, a CLI restore) whose writer grew the map gets
+  MDB_MAP_RESIZED at its next read; it adopts the new size the same way and retries.
 - Disk full (ENOSPC) and a map that cannot grow raise `StoreFullError`: LMDB writes the
   meta page last, so a failed commit leaves the previous state intact.
 """
@@ -255,20 +257,53 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[ReadTxn]:
-        with self._s._readers:
-            while self._s._resizing:
-                self._s._readers.wait()
-            self._s._active_readers += 1
+        txn = self._begin_read()
         try:
-            txn = self._s._env.begin(write=False, buffers=False)
-            try:
-                yield ReadTxn(self, txn)
-            finally:
-                txn.abort()
+            yield ReadTxn(self, txn)
         finally:
+            txn.abort()
+            self._reader_done()
+
+    def _begin_read(self) -> Any:
+        """A read transaction, counted (see the module docstring); adopts a map another
+        process grew (the snapshot view and the CLI read while the daemon writes)."""
+        while True:
             with self._s._readers:
-                self._s._active_readers -= 1
+                while self._s._resizing:
+                    self._s._readers.wait()
+                self._s._active_readers += 1
+            try:
+                return self._s._env.begin(write=False, buffers=False)
+            except lmdb.MapResizedError:
+                self._reader_done()
+                self._adopt_grown_map()
+            except BaseException:
+                self._reader_done()
+                raise
+
+    def _reader_done(self) -> None:
+        with self._s._readers:
+            self._s._active_readers -= 1
+            self._s._readers.notify_all()
+
+    def _adopt_grown_map(self) -> None:
+        """Map the size the writer's process grew the map to. Like a resize, legal only
+        while this process has no transaction open: readers drain first."""
+        with self._s._readers:
+            if self._s._resizing:  # another thread is adopting it: wait for that
+                while self._s._resizing:
+                    self._s._readers.wait()
+                return
+            self._s._resizing = True
+            try:
+                while self._s._active_readers:
+                    self._s._readers.wait()
+                self._s._env.set_mapsize(0)  # 0: take the size recorded in the file
+                self._s._map_size = int(self._s._env.info()["map_size"])
+            finally:
+                self._s._resizing = False
                 self._s._readers.notify_all()
+        log.info("index map at %s grown by its writer to %d bytes", self.path, self._s._map_size)
 
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:

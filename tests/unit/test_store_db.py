@@ -105,3 +105,55 @@ def test_readers_and_writer_threads(tmp_path: Path) -> None:
         t.join()
     assert not errors
     db.close()
+
+
+READER_SCRIPT = """
+import sys, threading
+from dpmsfs.store.db import Database
+db = Database(sys.argv[1], ["t"], readonly=True)
+with db.read() as txn:
+    assert txn.get("t", b"first") == b"v"
+print("ready", db.map_size, flush=True)
+sys.stdin.readline()  # meanwhile the writer's process grows the map
+found = []
+def read():
+    for _ in range(20):
+        with db.read() as txn:
+            found.append(txn.get("t", b"last"))
+threads = [threading.Thread(target=read) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("read", len(found), all(v == b"end" for v in found), db.map_size, flush=True)
+"""
+
+
+def test_a_reader_process_adopts_a_map_grown_by_the_writer(tmp_path: Path) -> None:
+    """The snapshot view (and a CLI restore) read while the daemon writes: after the
+    daemon grows the map, LMDB refuses their read transactions (MDB_MAP_RESIZED) until
+    they take the new size."""
+    import subprocess
+    import sys
+
+    db = Database(str(tmp_path / "idx"), ["t"], map_size=2 << 20)
+    with db.write() as txn:
+        txn.put("t", b"first", b"v")
+    with subprocess.Popen(
+        [sys.executable, "-c", READER_SCRIPT, str(tmp_path / "idx")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    ) as reader:  # fmt: skip
+        assert reader.stdout is not None and reader.stdin is not None
+        ready = reader.stdout.readline().split()
+        assert ready[0] == "ready", ready
+        small = int(ready[1])
+        for batch in range(20):  # ~80 MB: past the 64 MiB the reader mapped
+            db.transact(lambda txn, b=batch: [txn.put("t", b"k%d-%d" % (b, i), os.urandom(4096))
+                                              for i in range(1000)])  # fmt: skip
+        with db.write() as txn:
+            txn.put("t", b"last", b"end")
+        assert db.map_size > small
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        done = reader.stdout.readline().split()
+        assert done[:3] == ["read", "80", "True"], done
+        assert int(done[3]) >= db.map_size
+    db.close()
