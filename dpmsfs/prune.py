@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpmsfs.capture import state
+from dpmsfs.errors import NotFoundError
 from dpmsfs.store import gc
 from dpmsfs.store.db import ReadTxn
+from dpmsfs.store.errors import StoreError
 from dpmsfs.store.retention import Candidate, Decision, Policy, select
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
@@ -81,7 +83,9 @@ def plan(store: Store, policy: Policy) -> list[Decision]:
     return select(candidates, policy, gc.pins(store))
 
 
-def prune(store: Store, policy: Policy, dry_run: bool = False, now_ns: int | None = None) -> PruneResult:
+def prune(
+    store: Store, policy: Policy, dry_run: bool = False, now_ns: int | None = None
+) -> PruneResult:
     """Forget what the policy does not keep, then reclaim the space.
 
     Raises what goes wrong (after recording it for status unless ``dry_run``).
@@ -109,6 +113,24 @@ def prune(store: Store, policy: Policy, dry_run: bool = False, now_ns: int | Non
     return result
 
 
+def set_pin(store: Store, snapshot: str, pinned: bool, reason: str = "") -> str:
+    """Pin or unpin a snapshot (``latest`` allowed); returns its name. Unpinning one that
+    is not pinned is an error: a typo should not look like success."""
+    name = snapshot
+    if snapshot == "latest":
+        last = store.latest_snapshot()
+        if last is None:
+            raise NotFoundError("there are no snapshots yet")
+        name = last.name
+    if store.get_snapshot(name) is None:
+        raise NotFoundError(f"no snapshot named {name}")
+    if pinned:
+        gc.pin(store, name, reason)
+    elif not gc.unpin(store, name):
+        raise NotFoundError(f"snapshot {name} is not pinned")
+    return name
+
+
 def remember(store: Store, result: PruneResult) -> None:
     store.db.declare(T_PRUNE)
     body = json.dumps(result.summary()).encode()
@@ -121,9 +143,82 @@ def last_result(store: Store) -> dict[str, Any] | None:
         store.db.declare(T_PRUNE)
         with store.db.read() as txn:
             value = txn.get(T_PRUNE, _LAST)
-    except Exception:  # read-only and the table was never created
+    except StoreError:  # read-only and the table was never created
         return None
     if value is None:
         return None
     doc: dict[str, Any] = json.loads(value)
     return doc
+
+
+class PruneService:
+    """The daemon's side: the schedule, the control requests, and the status section.
+
+    One prune at a time (a second request while one runs is refused with a clear
+    error); the work runs on a worker thread at background priority.
+    """
+
+    def __init__(self, store: Store, policy: Policy, interval_hours: float, clock: Any) -> None:
+        self.store = store
+        self.policy = policy
+        self.interval_s = interval_hours * 3600
+        self.clock = clock
+        self.running = False
+        self.last: dict[str, Any] | None = None
+        self.last_error = ""
+        self.next_due: float | None = None
+
+    def run_now(self, policy: Policy | None = None, dry_run: bool = False) -> PruneResult:
+        """Blocking: call on a worker thread."""
+        from dpmsfs.capture import priority
+        from dpmsfs.errors import BusyError
+
+        if self.running:
+            raise BusyError("a prune is already running")
+        self.running = True
+        try:
+            with priority.background():
+                result = prune(self.store, policy or self.policy, dry_run, self.clock.now_ns())
+            if not dry_run:
+                self.last, self.last_error = result.summary(), ""
+            return result
+        except Exception as exc:
+            if not dry_run:
+                self.last_error = str(exc)
+                self.last = last_result(self.store)
+            raise
+        finally:
+            self.running = False
+
+    async def run(self) -> None:
+        """The schedule: every ``interval``, measured from the last prune (so a daemon
+        restarted every hour still prunes daily); off when the interval is 0."""
+        import trio
+
+        if self.interval_s <= 0:
+            return
+        self.last = await trio.to_thread.run_sync(last_result, self.store)
+        while True:
+            done_ns = (self.last or {}).get("time_ns", 0)
+            wait = self.interval_s - (self.clock.now_ns() - done_ns) / 1e9 if done_ns else 60.0
+            self.next_due = self.clock.monotonic() + max(0.0, wait)
+            await trio.sleep(max(1.0, wait))
+            try:
+                await trio.to_thread.run_sync(self.run_now)
+            except Exception as exc:  # recorded for status; the schedule goes on
+                log.warning("scheduled prune failed: %s", exc)
+                # try again in an hour rather than a whole interval
+                self.last = {**(self.last or {}), "time_ns": self.clock.now_ns()
+                             - int(max(0.0, self.interval_s - 3600) * 1e9)}  # fmt: skip
+
+    def status(self) -> dict[str, Any]:
+        last = self.last or {}
+        return {
+            "policy": self.policy.describe(),
+            "interval_hours": self.interval_s / 3600,
+            "running": self.running,
+            "last_time_ns": last.get("time_ns", 0),
+            "last_removed_snapshots": last.get("removed_snapshots", 0),
+            "last_reclaimed_bytes": last.get("reclaimed_bytes", 0),
+            "last_error": self.last_error or last.get("error", ""),
+        }

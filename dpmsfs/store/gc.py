@@ -37,6 +37,7 @@ collection removes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -306,7 +307,9 @@ def _sweep(
                 if store.guarded_since(live):
                     continue  # a writer got in between: mark that first
                 doomed = [oid for oid in batch if oid not in live]
-                removed = store.db.transact(lambda txn: _delete_entries(txn, doomed, dead))
+                removed = store.db.transact(
+                    functools.partial(_delete_entries, doomed=doomed, dead=dead)
+                )
             break
         stats.dead_objects += removed[0]
         stats.dead_bytes += removed[1]
@@ -331,7 +334,9 @@ def _delete_entries(
     return count, nbytes
 
 
-def _pack_usage(store: Store) -> tuple[dict[bytes, PackInfo], dict[bytes, list[tuple[bytes, ObjectLocation]]]]:
+def _pack_usage(
+    store: Store,
+) -> tuple[dict[bytes, PackInfo], dict[bytes, list[tuple[bytes, ObjectLocation]]]]:
     """Indexed packs and, per pack, the index entries that point into it."""
     with store.db.read() as txn:
         packs = {k: PackInfo.decode(v) for k, v in txn.cursor_range(schema.T_PACKS)}

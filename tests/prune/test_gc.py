@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from dpmsfs.browse.reader import SnapshotReader
-from dpmsfs.store import Store, verify
-from dpmsfs.store import gc
+from dpmsfs.store import Store, gc, verify
 from dpmsfs.store.errors import ObjectNotFoundError
 from tests.unit.store_util import T0, new_store, snapshot
 

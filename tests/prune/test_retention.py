@@ -8,6 +8,7 @@ from dpmsfs.errors import UsageError
 from dpmsfs.store.retention import (
     DEFAULT_POLICY,
     Candidate,
+    Decision,
     Policy,
     parse_duration,
     policy_from_config,
@@ -25,7 +26,7 @@ def snaps(times: list[int], labels: dict[int, str] | None = None) -> list[Candid
     return [Candidate(f"s{i:04d}", t, labels.get(i, "")) for i, t in enumerate(times)]
 
 
-def kept(decisions: list, ) -> list[str]:  # type: ignore[type-arg]
+def kept(decisions: list[Decision]) -> list[str]:
     return [d.name for d in decisions if d.keep]
 
 
@@ -33,6 +34,7 @@ def test_durations() -> None:
     assert parse_duration("48h") == 48 * 3600
     assert parse_duration("1y6m") == (365 + 180) * 86400
     assert parse_duration("2w") == 14 * 86400
+    bad: dict[str, object]
     for bad in ("", "5", "3x", "h", "1d 2h", "-1d"):
         with pytest.raises(UsageError):
             parse_duration(bad)
@@ -83,6 +85,7 @@ def test_policy_from_config_and_overrides() -> None:
     assert policy_from_config({"pin_labels": ["x"]}).keep_daily == DEFAULT_POLICY.keep_daily
     policy = policy_from_config({"keep_within": "48h", "keep_daily": 7})
     assert policy == Policy(keep_within_s=48 * 3600, keep_daily=7)
+    bad: dict[str, object]
     for bad in ({"keep_daily": -1}, {"keep_daily": "7"}, {"keep_within": 3}, {"nope": 1},
                 {"keep_last": 0}, {"paths": []}):  # fmt: skip
         with pytest.raises(UsageError):
