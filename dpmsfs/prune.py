@@ -110,6 +110,9 @@ def prune(
         raise
     if not dry_run:
         remember(store, result)
+        log.info("prune of %s (%s): %d snapshots forgotten, %d kept, %d bytes reclaimed",
+                 store.path, result.policy, len(result.forgotten),
+                 sum(1 for d in result.decisions if d.keep), result.collect.reclaimed_bytes)  # fmt: skip
     return result
 
 
@@ -200,7 +203,10 @@ class PruneService:
         self.last = await trio.to_thread.run_sync(last_result, self.store)
         while True:
             done_ns = (self.last or {}).get("time_ns", 0)
-            wait = self.interval_s - (self.clock.now_ns() - done_ns) / 1e9 if done_ns else 60.0
+            if done_ns:
+                wait = self.interval_s - (self.clock.now_ns() - done_ns) / 1e9
+            else:  # never pruned: soon after start, not a whole interval later
+                wait = min(60.0, self.interval_s)
             self.next_due = self.clock.monotonic() + max(0.0, wait)
             await trio.sleep(max(1.0, wait))
             try:

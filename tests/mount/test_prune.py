@@ -140,3 +140,28 @@ def test_prune_and_pin_offline(workdir: Path, store_dir: Path) -> None:
     assert status["prune"]["last_removed_snapshots"] == 1
     verify = run_cli("verify", str(workdir), *store, "--read-data")
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_the_daemon_prunes_on_its_schedule(workdir: Path, store_dir: Path) -> None:
+    config = workdir.parent / "tool.toml"
+    config.write_text(
+        f'store = "{store_dir}"\nprune_interval_hours = 0.0005\n[retention]\nkeep_last = 1\n'
+    )
+    mount = CliMount(workdir, "--config", str(config))
+    try:
+        names = []
+        for i in range(3):
+            (workdir / f"f{i}").write_bytes(BLOBS[i])
+            names.append(cli_snapshot(workdir, store_dir))
+
+        def pruned() -> bool:
+            status = json.loads(run_cli("status", str(workdir), "--config", str(config),
+                                        "--json").stdout)  # fmt: skip
+            return bool(status["prune"]["last_removed_snapshots"])
+
+        wait_for(pruned, timeout=60, what="a scheduled prune")
+        listing = json.loads(cli("snapshots", str(workdir), "--config", str(config), "--json"))
+        assert names[0] not in [s["name"] for s in listing]
+        assert "prune" in mount.log()
+    finally:
+        mount.stop()
