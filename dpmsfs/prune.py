@@ -110,9 +110,10 @@ def prune(
         raise
     if not dry_run:
         remember(store, result)
+        kept = sum(1 for d in result.decisions if d.keep)
         log.info("prune of %s (%s): %d snapshots forgotten, %d kept, %d bytes reclaimed",
-                 store.path, result.policy, len(result.forgotten),
-                 sum(1 for d in result.decisions if d.keep), result.collect.reclaimed_bytes)  # fmt: skip
+                 store.path, result.policy, len(result.forgotten), kept,
+                 result.collect.reclaimed_bytes)  # fmt: skip
     return result
 
 
