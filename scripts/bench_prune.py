@@ -98,11 +98,13 @@ def main() -> int:
         subprocess.run([sys.executable, MKDATASET, "init", str(work), "--size-mb",
                         str(args.size_mb), "--seed", "42"], check=True,
                        stdout=subprocess.DEVNULL)  # fmt: skip
+        mount_log = open(base / "mount.log", "wb")  # noqa: SIM115 - closed by the child's exit
         proc = subprocess.Popen(
             [sys.executable, "-m", "dpmsfs.cli.main", "mount", "--foreground", "--config",
              str(config), str(work)],
-            cwd=ROOT, stdout=open(base / "mount.log", "wb"), stderr=subprocess.STDOUT,
+            cwd=ROOT, stdout=mount_log, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        mount_log.close()  # the child has its own descriptor
         deadline = time.monotonic() + 60
         while not is_mounted(work):
             if time.monotonic() > deadline or proc.poll() is not None:
