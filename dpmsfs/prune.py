@@ -20,7 +20,7 @@ from dpmsfs.errors import NotFoundError
 from dpmsfs.store import gc
 from dpmsfs.store.db import ReadTxn
 from dpmsfs.store.errors import StoreError
-from dpmsfs.store.retention import Candidate, Decision, Policy, select
+from dpmsfs.store.retention import Candidate, Decision, PathRule, Policy, path_rules_due, select
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
 
@@ -48,6 +48,7 @@ class PruneResult:
     started_ns: int
     decisions: list[Decision] = field(default_factory=list)
     forgotten: list[str] = field(default_factory=list)
+    trimmed: dict[str, list[str]] = field(default_factory=dict)  # snapshot -> path rules
     collect: gc.CollectStats = field(default_factory=gc.CollectStats)
     store_bytes_before: int = 0
     store_bytes_after: int = 0
@@ -60,6 +61,7 @@ class PruneResult:
             "dry_run": self.dry_run,
             "policy": self.policy,
             "removed_snapshots": len(self.forgotten),
+            "trimmed_snapshots": len(self.trimmed),
             "kept_snapshots": sum(1 for d in self.decisions if d.keep),
             "reclaimed_bytes": self.collect.reclaimed_bytes,
             "seconds": self.collect.seconds,
@@ -72,15 +74,22 @@ class PruneResult:
             "kept": [{"name": d.name, "reasons": d.reasons} for d in self.decisions if d.keep],
             "removed": [d.name for d in self.decisions if not d.keep],
             "forgotten": self.forgotten,
+            "trimmed": self.trimmed,
             "collect": self.collect.as_dict(),
             "store_bytes_before": self.store_bytes_before,
             "store_bytes_after": self.store_bytes_after,
         }
 
 
-def plan(store: Store, policy: Policy) -> list[Decision]:
-    candidates = [Candidate(r.name, r.time_utc_ns, r.label) for r in store.list_snapshots()]
-    return select(candidates, policy, gc.pins(store))
+def plan(store: Store, policy: Policy) -> tuple[list[Decision], dict[str, list[PathRule]]]:
+    """Which snapshots to keep, and which path rules to apply to which kept ones."""
+    records = list(store.list_snapshots())
+    candidates = [Candidate(r.name, r.time_utc_ns, r.label) for r in records]
+    decisions = select(candidates, policy, gc.pins(store))
+    due = path_rules_due(
+        [(c, r.pruned) for c, r in zip(candidates, records, strict=True)], policy, decisions
+    )
+    return decisions, due
 
 
 def prune(
@@ -94,13 +103,17 @@ def prune(
     result.store_bytes_before = store.stats().stored_bytes
     store.db.declare(*state.ALL_TABLES)
     try:
-        result.decisions = plan(store, policy)
+        result.decisions, due = plan(store, policy)
         doomed = [d.name for d in result.decisions if not d.keep]
         if dry_run:
             result.forgotten = doomed
+            result.trimmed = {n: [r.pattern for r in rules] for n, rules in due.items()}
             result.collect = gc.collect(store, captured_ids, dry_run=True, skip_snapshots=doomed)
         else:
             result.forgotten = gc.forget_snapshots(store, doomed)
+            for name, rules in due.items():
+                if gc.rewrite_without(store, name, [r.matcher() for r in rules]):
+                    result.trimmed[name] = [r.pattern for r in rules]
             result.collect = gc.collect(store, captured_ids)
         result.store_bytes_after = store.stats().stored_bytes
     except Exception as exc:

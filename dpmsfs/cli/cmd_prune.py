@@ -93,6 +93,9 @@ def render(r: dict[str, Any]) -> str:
                      f"{', '.join(item['reasons'])}")  # fmt: skip
     for name in r["removed"]:
         lines.append(f"remove  {name:<22} {_name_time(name)}")
+    for name, patterns in r["trimmed"].items():
+        word = "would trim" if r["dry_run"] else "trimmed"
+        lines.append(f"{word} {name}: without {', '.join(patterns)}")
     c = r["collect"]
     reclaimed = human_bytes(c["reclaimed_bytes"])
     lines.append(

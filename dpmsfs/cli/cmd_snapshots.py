@@ -30,7 +30,8 @@ def run_snapshots(args: argparse.Namespace) -> int:
             {"name": r.name, "time_utc_ns": r.time_utc_ns, "label": r.label,
              "tool_id": r.tool_id, "files": r.stats.files, "bytes": r.stats.bytes,
              "new_bytes": r.stats.new_bytes, "root_tree_id": r.root_tree_id.hex(),
-             "pinned": r.name in pins, "pin_reason": pins.get(r.name, "")}
+             "pinned": r.name in pins, "pin_reason": pins.get(r.name, ""),
+             "pruned": list(r.pruned)}
             for r in records
         ], indent=2))  # fmt: skip
         return 0

@@ -37,22 +37,25 @@ collection removes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 from dpmsfs.store import schema
 from dpmsfs.store.db import ReadTxn, WriteTxn
 from dpmsfs.store.errors import ObjectNotFoundError, StoreError, TreeFormatError
 from dpmsfs.store.packs import RECORD, PackWriter, pack_path
+from dpmsfs.store.retention import PathMatcher
 from dpmsfs.store.schema import ObjectLocation, ObjectType, PackInfo, Totals
+from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
-from dpmsfs.store.tree import EntryType, decode_tree
+from dpmsfs.store.tree import EntryType, TreeEntry, decode_tree
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +142,75 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
     if forgotten:
         log.info("forgot %d snapshots: %s", len(forgotten), ", ".join(forgotten))
     return forgotten
+
+
+# -- per-path rules: snapshots rewritten without some paths ---------------------------
+
+
+def rewrite_without(store: Store, name: str, matchers: Sequence[PathMatcher]) -> bool:
+    """Rewrite snapshot ``name``'s trees without the paths ``matchers`` match.
+
+    New trees are written and flushed first, then one transaction replaces the record
+    (same name and time, new root, ``pruned`` + these patterns) if it still has the old
+    root. The old trees become garbage for the next `collect`. A crash leaves either
+    the old record or the new one, both complete. Returns False if the snapshot is gone.
+    """
+    record = store.get_snapshot(name)
+    if record is None:
+        return False
+    patterns = tuple(m.pattern for m in matchers)
+    with store.references():  # the new trees name ids a concurrent collection must keep
+        memo: dict[tuple[str, bytes], bytes] = {}
+        root = _rewrite_tree(store, record.root_tree_id, "", matchers, memo)
+        store.flush()
+        pruned = tuple(sorted({*record.pruned, *patterns}))
+        new = dataclasses.replace(record, root_tree_id=root, pruned=pruned)
+
+        def body(txn: WriteTxn) -> bool:
+            current = txn.get(schema.T_SNAPSHOTS, name.encode())
+            if (
+                current is None
+                or SnapshotRecord.decode(current).root_tree_id != record.root_tree_id
+            ):
+                return False
+            if txn.get(schema.T_OBJECTS, root) is None:
+                raise StoreError(f"snapshot {name}: rewritten root tree is not indexed")
+            txn.put(schema.T_SNAPSHOTS, name.encode(), new.encode())
+            return True
+
+        done: bool = store.db.transact(body)
+    if done:
+        log.info("snapshot %s rewritten without %s (root %s)", name, ", ".join(patterns),
+                 root.hex())  # fmt: skip
+    return done
+
+
+def _rewrite_tree(
+    store: Store,
+    tree_id: bytes,
+    prefix: str,
+    matchers: Sequence[PathMatcher],
+    memo: dict[tuple[str, bytes], bytes],
+) -> bytes:
+    key = (prefix, tree_id)
+    if key in memo:
+        return memo[key]
+    kept: list[TreeEntry] = []
+    changed = False
+    for entry in store.read_tree(tree_id):
+        path = prefix + os.fsdecode(entry.name)
+        if any(m.matches(path) for m in matchers):
+            changed = True
+            continue
+        if entry.type == EntryType.DIR and any(m.may_contain(path) for m in matchers):
+            sub = _rewrite_tree(store, entry.content[0], path + "/", matchers, memo)
+            if sub != entry.content[0]:
+                entry = entry._replace(content=(sub,))
+                changed = True
+        kept.append(entry)
+    result = store.write_tree(kept)[0] if changed else tree_id
+    memo[key] = result
+    return result
 
 
 # -- collection -----------------------------------------------------------------------

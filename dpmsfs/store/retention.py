@@ -59,6 +59,63 @@ def format_duration(seconds: int) -> str:
 
 
 @dataclass(frozen=True)
+class PathRule:
+    """Paths matching ``pattern`` leave snapshots older than ``keep_within_s`` (measured,
+    like ``keep_within``, back from the newest snapshot); the rest of those snapshots
+    stays. Patterns are relative to the work directory: ``*`` and ``?`` within one name,
+    ``**`` across directories (``results/**``: everything below results/)."""
+
+    pattern: str
+    keep_within_s: int
+
+    def matcher(self) -> PathMatcher:
+        return PathMatcher(self.pattern)
+
+
+class PathMatcher:
+    """A path rule's pattern compiled: `matches` a relative path, and `may_contain` says
+    whether a directory can hold a match at all (so untouched subtrees are not read)."""
+
+    def __init__(self, pattern: str) -> None:
+        check_pattern(pattern)
+        self.pattern = pattern
+        out = []
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**", i):
+                out.append(".*")
+                i += 2
+            elif pattern[i] == "*":
+                out.append("[^/]*")
+                i += 1
+            elif pattern[i] == "?":
+                out.append("[^/]")
+                i += 1
+            else:
+                out.append(re.escape(pattern[i]))
+                i += 1
+        self._regex = re.compile("".join(out), re.DOTALL)
+        cut = min((pattern.find(c) for c in "*?" if c in pattern), default=len(pattern))
+        self.literal = pattern[:cut]
+
+    def matches(self, path: str) -> bool:
+        return self._regex.fullmatch(path) is not None
+
+    def may_contain(self, directory: str) -> bool:
+        prefix = directory + "/"
+        return prefix.startswith(self.literal) or self.literal.startswith(prefix)
+
+
+def check_pattern(pattern: str) -> None:
+    parts = pattern.split("/")
+    if not pattern or pattern.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise UsageError(
+            f"bad path pattern {pattern!r}: relative to the work directory, no '.', '..' "
+            "or empty components (e.g. results/**)"
+        )
+
+
+@dataclass(frozen=True)
 class Policy:
     """How many snapshots of each kind to keep (0: the rule is off)."""
 
@@ -70,6 +127,7 @@ class Policy:
     keep_monthly: int = 0
     keep_yearly: int = 0
     pin_labels: tuple[str, ...] = ()
+    paths: tuple[PathRule, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -82,12 +140,17 @@ class Policy:
     def describe(self) -> str:
         parts = [f"within {format_duration(self.keep_within_s)}"] if self.keep_within_s else []
         parts += [f"{rule} {self.count(rule)}" for rule in COUNT_RULES if self.count(rule)]
+        parts += [f"{r.pattern} within {format_duration(r.keep_within_s)}" for r in self.paths]
         return ", ".join(parts) or "no rule"
 
     def as_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {f"keep_{r}": self.count(r) for r in COUNT_RULES}
         doc["keep_within"] = format_duration(self.keep_within_s) if self.keep_within_s else ""
         doc["pin_labels"] = list(self.pin_labels)
+        doc["paths"] = [
+            {"pattern": r.pattern, "keep_within": format_duration(r.keep_within_s)}
+            for r in self.paths
+        ]
         return doc
 
 
@@ -110,9 +173,7 @@ def policy_from_config(table: Mapping[str, Any], where: str = "retention") -> Po
     unknown = set(table) - known
     if unknown:
         raise UsageError(f"{where}: unknown setting(s): {', '.join(sorted(unknown))}")
-    if "paths" in table:
-        raise UsageError(f"{where}: per-path rules ([[retention.paths]]) are not supported yet")
-    rules_given = any(k in table for k in known - {"pin_labels"})
+    rules_given = any(k in table for k in known - {"pin_labels", "paths"})
     base = Policy() if rules_given else DEFAULT_POLICY
     values: dict[str, Any] = {}
     for rule in COUNT_RULES:
@@ -131,10 +192,32 @@ def policy_from_config(table: Mapping[str, Any], where: str = "retention") -> Po
         if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
             raise UsageError(f"{where}: pin_labels must be a list of strings")
         values["pin_labels"] = tuple(labels)
+    if "paths" in table:
+        values["paths"] = _path_rules(table["paths"], where)
     policy = replace(base, **values)
     if policy.empty:
         raise UsageError(f"{where}: the policy keeps nothing; set at least one keep_* rule")
     return policy
+
+
+def _path_rules(items: Any, where: str) -> tuple[PathRule, ...]:
+    if not isinstance(items, list) or not all(isinstance(x, dict) for x in items):
+        raise UsageError(f"{where}: paths must be [[retention.paths]] tables")
+    rules = []
+    for item in items:
+        unknown = set(item) - {"pattern", "keep_within"}
+        if (
+            unknown
+            or not isinstance(item.get("pattern"), str)
+            or not isinstance(item.get("keep_within"), str)
+        ):
+            raise UsageError(
+                f'{where}: each [[retention.paths]] needs pattern = "..." and '
+                f'keep_within = "..." (and nothing else)'
+            )
+        check_pattern(item["pattern"])
+        rules.append(PathRule(item["pattern"], parse_duration(item["keep_within"])))
+    return tuple(rules)
 
 
 def with_overrides(policy: Policy, overrides: Mapping[str, Any]) -> Policy:
@@ -142,7 +225,9 @@ def with_overrides(policy: Policy, overrides: Mapping[str, Any]) -> Policy:
     given = {k: v for k, v in overrides.items() if v is not None}
     if not given:
         return policy
-    values: dict[str, Any] = {f.name: 0 for f in fields(Policy) if f.name != "pin_labels"}
+    values: dict[str, Any] = {
+        f.name: 0 for f in fields(Policy) if f.name not in ("pin_labels", "paths")
+    }
     for key, value in given.items():
         if key == "keep_within":
             values["keep_within_s"] = parse_duration(str(value))
@@ -220,3 +305,35 @@ def select(
     for decision in decisions.values():
         decision.keep = bool(decision.reasons)
     return [decisions[c.name] for c in ordered]
+
+
+def path_rules_due(
+    snapshots: Iterable[tuple[Candidate, tuple[str, ...]]],
+    policy: Policy,
+    decisions: Sequence[Decision],
+) -> dict[str, list[PathRule]]:
+    """Per kept snapshot, the path rules to apply now: the snapshot is older than the
+    rule's window (from the newest snapshot), the rule was not applied to it yet
+    (``snapshots`` pairs each candidate with its record's ``pruned``), and it is not
+    protected (pinned, a pinned label, the newest)."""
+    if not policy.paths:
+        return {}
+    listed = list(snapshots)
+    if not listed:
+        return {}
+    newest = max(c.time_utc_ns for c, _ in listed)
+    protected = {
+        d.name
+        for d in decisions
+        if any(r == "newest" or r == "pinned" or r.startswith("label ") for r in d.reasons)
+    }
+    keep = {d.name for d in decisions if d.keep}
+    due: dict[str, list[PathRule]] = {}
+    for snap, applied in listed:
+        if snap.name not in keep or snap.name in protected:
+            continue
+        for rule in policy.paths:
+            old = newest - snap.time_utc_ns > rule.keep_within_s * 1_000_000_000
+            if old and rule.pattern not in applied:
+                due.setdefault(snap.name, []).append(rule)
+    return due

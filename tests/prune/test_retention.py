@@ -86,8 +86,9 @@ def test_policy_from_config_and_overrides() -> None:
     policy = policy_from_config({"keep_within": "48h", "keep_daily": 7})
     assert policy == Policy(keep_within_s=48 * 3600, keep_daily=7)
     bad: dict[str, object]
+    bad_path = {"paths": [{"pattern": "../x", "keep_within": "1d"}]}
     for bad in ({"keep_daily": -1}, {"keep_daily": "7"}, {"keep_within": 3}, {"nope": 1},
-                {"keep_last": 0}, {"paths": []}):  # fmt: skip
+                {"keep_last": 0}, bad_path):  # fmt: skip
         with pytest.raises(UsageError):
             policy_from_config(bad)
     over = with_overrides(Policy(keep_daily=7, pin_labels=("r",)), {"keep_last": 3})
