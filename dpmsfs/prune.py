@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpmsfs.capture import state
+from dpmsfs.capture.snapshotter import META_LAST_ROOT
 from dpmsfs.errors import NotFoundError
 from dpmsfs.store import gc
 from dpmsfs.store.db import ReadTxn
@@ -32,8 +33,10 @@ _LAST = b"last"
 
 
 def captured_ids(txn: ReadTxn) -> list[bytes]:
-    """Every content and subtree id the capture state holds (must stay indexed)."""
-    ids: list[bytes] = []
+    """Every content and subtree id the capture state holds (must stay indexed), and the
+    last root tree the snapshotter built (a snapshot with nothing changed reuses it)."""
+    last_root = txn.get(state.T_META, META_LAST_ROOT)
+    ids: list[bytes] = [last_root] if last_root else []
     for _, value in txn.cursor_range(state.T_FILES):
         entry = state.decode_state(value).entry
         if entry.type in (EntryType.FILE, EntryType.DIR):

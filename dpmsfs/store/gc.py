@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 
 from dpmsfs.store import schema
 from dpmsfs.store.db import ReadTxn, WriteTxn
-from dpmsfs.store.errors import ObjectNotFoundError, StoreError, TreeFormatError
+from dpmsfs.store.errors import ObjectNotFoundError, StoreError
 from dpmsfs.store.packs import RECORD, PackWriter, pack_path
 from dpmsfs.store.retention import PathMatcher
 from dpmsfs.store.schema import ObjectLocation, ObjectType, PackInfo, Totals
@@ -319,27 +319,20 @@ def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
         if oid in live:
             continue
         live.add(oid)
+        # pending first, then the index: an object leaves the pending map only after
+        # its index commit, so one of the two sees it (unless it is still being written
+        # or its write failed: that span's references are covered by the grace periods)
+        pending = store.pending_type(oid)
         loc = store.locate(oid)
-        if loc is None:
-            # not indexed: a pending object of this process (its type is not known
-            # until it is indexed) or a guarded id whose write failed
-            try:
-                entries = decode_tree(store.read_object(oid))
-            except (ObjectNotFoundError, TreeFormatError):
-                continue
-            except StoreError as exc:
-                raise CollectionAbortedError(
-                    f"cannot read object {oid.hex()} ({exc}); nothing swept: run dpmsfs verify"
-                ) from None
-        elif loc.type != ObjectType.TREE:
+        kind = loc.type if loc is not None else pending
+        if kind != ObjectType.TREE:
             continue
-        else:
-            try:
-                entries = decode_tree(store.read_object(oid))
-            except StoreError as exc:
-                raise CollectionAbortedError(
-                    f"cannot read tree {oid.hex()} ({exc}); nothing swept: run dpmsfs verify"
-                ) from None
+        try:
+            entries = decode_tree(store.read_object(oid))
+        except StoreError as exc:
+            raise CollectionAbortedError(
+                f"cannot read tree {oid.hex()} ({exc}); nothing was swept: run dpmsfs verify"
+            ) from None
         for entry in entries:
             if entry.type in (EntryType.FILE, EntryType.DIR):
                 stack.extend(c for c in entry.content if c not in live and c != _UNBUILT)

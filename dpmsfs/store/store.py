@@ -463,6 +463,12 @@ class Store:
         with self.db.read() as txn:
             return txn.get(schema.T_OBJECTS, oid) is not None
 
+    def pending_type(self, oid: bytes) -> int | None:
+        """The type of an object written but not yet indexed (None if not pending)."""
+        with self._lock:
+            pending = self._pending.get(oid)
+        return None if pending is None else pending.loc.type
+
     def is_indexed(self, oid: bytes) -> bool:
         """Whether ``oid`` is durable (indexed), as opposed to only pending."""
         with self.db.read() as txn:
