@@ -70,6 +70,7 @@ _MARKER_TEXT = (
     "in it by hand; use `dpmsfs verify` to check it.\n"
 )
 _MAX_OPEN_PACKS = 64  # cached read fds
+_HANDLE_CHECK_SECONDS = 5.0  # how often cached fds of deleted packs are looked for
 
 
 class StoreStats(NamedTuple):
@@ -142,6 +143,7 @@ class Store:
         self._stopping = False
         self._handles_lock = threading.Lock()
         self._handles: dict[bytes, _PackHandle] = {}  # insertion order = LRU order
+        self._handles_checked = time.monotonic()
         # space reclaim (gc.py): ids used while a collection runs, and reference spans
         self._gc_lock = threading.Lock()
         self._gc_guard: set[bytes] | None = None
@@ -551,6 +553,8 @@ class Store:
 
     def _acquire(self, pack_id: bytes) -> _PackHandle:
         with self._handles_lock:
+            if time.monotonic() - self._handles_checked > _HANDLE_CHECK_SECONDS:
+                self._close_deleted_handles()
             handle = self._handles.pop(pack_id, None)
             if handle is None:
                 path = pack_path(self.packs_dir, pack_id)
@@ -570,6 +574,22 @@ class Store:
             self._handles[pack_id] = handle  # most recently used goes last
             handle.users += 1
             return handle
+
+    def _close_deleted_handles(self) -> None:
+        """Close cached fds of packs a prune (maybe in another process: the daemon, for
+        the snapshot view) deleted, so their disk space is freed; called every few
+        seconds from `_acquire` with the handles lock held (one fstat per cached fd)."""
+        self._handles_checked = time.monotonic()
+        for pack_id, handle in list(self._handles.items()):
+            try:
+                deleted = os.fstat(handle.fd).st_nlink == 0
+            except OSError:
+                deleted = True
+            if deleted:
+                del self._handles[pack_id]
+                handle.evicted = True
+                if handle.users == 0:
+                    os.close(handle.fd)
 
     def _release(self, handle: _PackHandle) -> None:
         with self._handles_lock:

@@ -147,3 +147,27 @@ def test_readers_follow_a_repacked_object(tmp_path: Path) -> None:
     assert store.decode_blob(entry.content[0], store.read_blob(old, entry.content[0]), None) \
         == keep["keep"]  # fmt: skip
     store.close()
+
+
+def test_a_reader_process_frees_deleted_packs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only store (the snapshot view's process) closes fds of packs pruned away."""
+    from dpmsfs.store import store as store_module
+
+    writer = new_store(str(tmp_path / "s"))
+    first = snapshot(writer, {"big": random.Random(9).randbytes(300_000)}, T0)
+    snapshot(writer, {"small": b"x"}, T0 + 10**9)
+    reader = Store.open(str(tmp_path / "s"), readonly=True)
+    assert _read_all(reader, first)  # caches an fd on the first snapshot's pack
+    gc.forget_snapshots(writer, [first])
+    gc.collect(writer)
+    cached = list(reader._handles.values())
+    assert any(os.fstat(h.fd).st_nlink == 0 for h in cached)
+    monkeypatch.setattr(store_module, "_HANDLE_CHECK_SECONDS", 0.0)
+    record = reader.latest_snapshot()
+    assert record is not None
+    reader.read_tree(record.root_tree_id)
+    assert all(os.fstat(h.fd).st_nlink > 0 for h in reader._handles.values())
+    reader.close()
+    writer.close()
