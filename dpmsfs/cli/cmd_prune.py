@@ -86,7 +86,7 @@ def _name_time(name: str) -> str:
 
 
 def render(r: dict[str, Any]) -> str:
-    verb = "would remove" if r["dry_run"] else "removed"
+    verb = "to remove" if r["dry_run"] else "removed"
     lines = [f"policy: {r['policy']}"]
     for item in r["kept"]:
         lines.append(f"keep    {item['name']:<22} {_name_time(item['name'])}  "
@@ -99,7 +99,7 @@ def render(r: dict[str, Any]) -> str:
     c = r["collect"]
     reclaimed = human_bytes(c["reclaimed_bytes"])
     lines.append(
-        f"{len(r['kept'])} snapshots kept, {len(r['forgotten'])} {verb}; "
+        f"snapshots: {len(r['kept'])} kept, {len(r['forgotten'])} {verb}; "
         + (f"about {reclaimed} to reclaim ({c['dead_objects']} objects)" if r["dry_run"] else
            f"reclaimed {reclaimed} ({c['dead_objects']} objects, {c['packs_deleted']} packs "
            f"deleted, {c['packs_repacked']} repacked) in {c['seconds']:.1f} s")
