@@ -27,6 +27,7 @@ from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView
 from dpmsfs.prune import PruneService, set_pin
+from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
 from dpmsfs.store.retention import with_overrides
 from dpmsfs.store.store import Store
@@ -130,8 +131,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 safety = (await engine.snapshot(label="pre-restore")).name
 
             def run_job() -> restore_job.RestoreStats:
-                return restore_job.restore(reader, job.record, job.selection, job.target,
-                                           in_place=job.in_place, force=job.force)  # fmt: skip
+                with store_gc.lease(store, job.record.name):  # a prune meanwhile keeps its objects
+                    return restore_job.restore(reader, job.record, job.selection, job.target,
+                                               in_place=job.in_place, force=job.force)  # fmt: skip
 
             try:
                 # Off the FUSE thread: an in-place restore writes through this very mount.

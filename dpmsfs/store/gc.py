@@ -11,7 +11,9 @@ in short, with capture, sync and snapshot reads running beside it and no global 
 3. **Mark.** In *one* LMDB read transaction take the roots: every snapshot's root tree
    and every id the caller's ``extra_roots`` yields (the capture state: every content id
    in ``cap_files`` must stay indexed). One transaction, because a rename moves a
-   ``cap_files`` entry between keys: a scan in batches could miss it. Then walk the trees
+   ``cap_files`` entry between keys: a scan in batches could miss it. Then the root of
+   every held lease (`lease`: a restore reading a snapshot keeps its objects even if the
+   snapshot is forgotten meanwhile, across processes). Then walk the trees
    (immutable; only this collector removes objects, one collection at a time).
 4. **Grace again**, for spans that began between 1 and 3 (a snapshot that read an id
    from the capture state before the mark, which a later capture then replaced).
@@ -37,14 +39,16 @@ collection removes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 from dpmsfs.store import schema
@@ -142,6 +146,91 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
     if forgotten:
         log.info("forgot %d snapshots: %s", len(forgotten), ", ".join(forgotten))
     return forgotten
+
+
+# -- leases: a snapshot being read keeps its objects even if forgotten meanwhile --------
+
+LEASES = "leases"
+
+
+@contextlib.contextmanager
+def lease(store: Store, name: str) -> Iterator[SnapshotRecord]:
+    """Hold snapshot ``name``'s objects against collection while the block reads it.
+
+    Works across processes (a restore by the CLI beside the daemon's prune): a file
+    ``STORE/leases/<name>.<pid>.<random>`` holding the root tree id, flock'ed shared for
+    the block. The collector's mark adds the root of every lease whose lock is held, and
+    removes lease files nobody holds (a reader killed). The record is looked up *after*
+    the lock is held: if it is gone then, the snapshot was forgotten before this lease
+    could count and `ObjectNotFoundError` says so; if it is there, any collection that
+    has not yet marked will see the lease.
+    """
+    record = store.get_snapshot(name)
+    if record is None:
+        raise ObjectNotFoundError(f"no snapshot named {name}")
+    directory = os.path.join(store.path, LEASES)
+    fd = -1
+    path = ""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        while True:
+            path = os.path.join(directory, f"{name}.{os.getpid()}.{os.urandom(4).hex()}")
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
+            os.write(fd, record.root_tree_id.hex().encode())
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # not taken for a stale lease and removed before our lock
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            fd = -1
+    except OSError as exc:  # a read-only or full disk: read without a lease
+        log.warning("cannot lease snapshot %s (%s): a prune may remove it meanwhile", name, exc)
+        if fd >= 0:
+            os.close(fd)
+        yield record
+        return
+    try:
+        again = store.get_snapshot(name)
+        if again is None or again.root_tree_id != record.root_tree_id:
+            raise ObjectNotFoundError(f"snapshot {name} was just removed by a prune")
+        yield record
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def leased_roots(store: Store) -> list[bytes]:
+    """Root trees of leases held now; lease files nobody holds are removed."""
+    directory = os.path.join(store.path, LEASES)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    roots = []
+    for entry in names:
+        path = os.path.join(directory, entry)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # held: a reader is at work
+                try:
+                    roots.append(bytes.fromhex(os.pread(fd, 64, 0).decode()))
+                except ValueError:
+                    log.warning("ignoring malformed lease %s", path)
+                continue
+            os.unlink(path)  # nobody holds it: its reader is gone
+        finally:
+            os.close(fd)
+    return roots
 
 
 # -- per-path rules: snapshots rewritten without some paths ---------------------------
@@ -289,6 +378,7 @@ def _collect(
                 roots.append(bytes.fromhex(json.loads(value)["root_tree_id"]))
         if extra_roots is not None:
             roots.extend(oid for oid in extra_roots(txn) if oid != _UNBUILT)
+    roots.extend(leased_roots(store))  # after the records: see `lease`
     live: set[bytes] = set()
     _mark(store, roots, live)
     if not dry_run:

@@ -171,3 +171,51 @@ def test_a_reader_process_frees_deleted_packs(
     assert all(os.fstat(h.fd).st_nlink > 0 for h in reader._handles.values())
     reader.close()
     writer.close()
+
+
+def test_a_leased_snapshot_keeps_its_objects_until_released(tmp_path: Path) -> None:
+    store = new_store(str(tmp_path / "s"))
+    files = _files(11, n=2)
+    name = snapshot(store, files, T0)
+    snapshot(store, {"x": b"1"}, T0 + 10**9)
+    with gc.lease(store, name) as record:
+        assert gc.forget_snapshots(store, [name]) == [name]
+        gc.collect(store)
+        reader = SnapshotReader(store)
+        got = {p: reader.read_file(e) for p, e in reader.walk(record.root_tree_id) if e.type == 1}
+        assert got == {k.encode(): v for k, v in files.items()}
+    assert gc.collect(store).dead_objects > 0
+    with pytest.raises(ObjectNotFoundError):
+        store.read_tree(record.root_tree_id)
+    with pytest.raises(ObjectNotFoundError), gc.lease(store, name):
+        pass
+    store.close()
+
+
+def test_a_lease_of_a_killed_reader_is_released(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "s")
+    store = new_store(path)
+    name = snapshot(store, _files(12, n=2), T0)
+    snapshot(store, {"x": b"1"}, T0 + 10**9)
+    code = (
+        "import sys, time\n"
+        "from dpmsfs.store import Store, gc\n"
+        f"s = Store.open({path!r}, readonly=True)\n"
+        f"with gc.lease(s, {name!r}):\n"
+        "    print('leased', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "leased"
+    gc.forget_snapshots(store, [name])
+    assert gc.collect(store).dead_objects == 0  # the other process's lease holds
+    assert len(gc.leased_roots(store)) == 1
+    child.send_signal(signal.SIGKILL)
+    child.communicate()
+    assert gc.collect(store).dead_objects > 0  # its flock died with it
+    assert os.listdir(os.path.join(path, gc.LEASES)) == []
+    store.close()
