@@ -8,6 +8,14 @@ Example (/etc/dpmsfs/data-tool.toml)::
     max_delay_seconds = 60                  # ... but never later than this after the first
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
+    prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
+
+    [retention]                             # docs/operations.md "Retention"
+    keep_within = "14d"
+    keep_daily = 60
+    keep_weekly = 26
+    keep_monthly = 24
+    pin_labels = ["release"]                # besides every "pre-restore" snapshot
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmsfs.errors import UsageError
+from dpmsfs.store.retention import DEFAULT_POLICY, Policy, policy_from_config
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
 STATE_ROOT = Path("/var/lib/dpmsfs")
@@ -39,6 +48,8 @@ class Config:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDES
     ingest_threads: int = 2
     fd_budget: int = 4096
+    retention: Policy = DEFAULT_POLICY
+    prune_interval_hours: float = 24.0
 
     @property
     def name(self) -> str:
@@ -148,6 +159,10 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     store = Path(
         values.pop("store", None) or remembered_store(workdir) or default_store_dir(workdir)
     ).absolute()
+    if "retention" in values:
+        if not isinstance(values["retention"], dict):
+            raise UsageError(f"{path}: retention must be a table ([retention])")
+        values["retention"] = policy_from_config(values["retention"], f"{path}: [retention]")
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     try:
