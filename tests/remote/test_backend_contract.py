@@ -17,8 +17,8 @@ from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH, Backend, i
 from remote.errors import AuthError, ConflictError, NotFoundError
 from remote.faulty_backend import FaultyBackend
 from remote.frames import inspect_frame, make_record
-from remote.memory_backend import MemoryBackend, MemoryServer
 from remote.http_backend import HttpBackend
+from remote.memory_backend import MemoryBackend, MemoryServer
 from remote.retry import NO_RETRY, Retrier
 from tests.remote.serverproc import ADMIN, TOOL_ANY, ServerProcess
 
