@@ -58,7 +58,9 @@ class Replicator:
         self._lock = threading.Lock()
         self._state_path = store.root / "replication.json"
         self._last_success: float | None = None
-        self._in_sync_since: float | None = None
+        self._in_sync_at: float | None = None
+        self._synced = False
+        self._last_peer_id: str | None = None
         self._started = time.time()
         self._last_error: str | None = None
         self._pending_objects = 0
@@ -92,16 +94,14 @@ class Replicator:
     # -- status --------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """The `peer` section of /v2/health: lag is 0 while in sync, else the seconds since
+        the peer was last known to hold everything (or since start-up)."""
         now = time.time()
         with self._lock:
-            pending = self._pending_objects + self._pending_refs
-            if pending == 0 and self._in_sync_since is not None:
-                lag = 0.0
-            else:
-                since = self._last_success or self._started
-                lag = now - since
+            lag = 0.0 if self._synced else now - (self._in_sync_at or self._started)
             return {
                 "url": self.peer_urls[0],
+                "in_sync": self._synced,
                 "last_success": self._last_success,
                 "last_error": self._last_error,
                 "pending_objects": self._pending_objects,
@@ -116,45 +116,54 @@ class Replicator:
     # -- one pass ------------------------------------------------------------------------
 
     def run_pass(self) -> None:
-        """Bring the peer up to date once; raises RemoteError if the peer is unreachable."""
-        probe = self._peer("replication-probe")
-        try:
-            peer_id = probe.server_id()
-        finally:
-            probe.close()
+        """Bring the peer up to date once; raises RemoteError if that failed anywhere."""
         state = self._load_state()
+        try:
+            probe = self._peer("probe")
+            try:
+                peer_id = probe.server_id()
+            finally:
+                probe.close()
+        except RemoteError as exc:
+            self._record(state.get(self._last_peer_id or "", {}), str(exc), 0)
+            raise
+        self._last_peer_id = peer_id
         marks: dict[str, int] = state.setdefault(peer_id, {})
-        pending_objects = pending_refs = 0
         errors: list[str] = []
+        pending_refs = 0
         for ns in self.store.namespaces():
             try:
-                objs, refs = self._namespace(ns, marks)
+                pending_refs += self._namespace(ns, marks)
             except RemoteError as exc:
                 errors.append(f"{ns}: {exc}")
-                index = self.store.index(ns)
-                objs, refs = index.max_seq() - marks.get(ns, 0), 0
             finally:
                 self._save_state(state)
-            pending_objects += objs
-            pending_refs += refs
+        self._record(marks, "; ".join(errors)[:500] or None, pending_refs)
+        if errors:
+            raise RemoteError("; ".join(errors))
+
+    def _record(self, marks: dict[str, int], error: str | None, pending_refs: int) -> None:
+        pending_objects = sum(
+            max(0, self.store.index(ns).max_seq() - marks.get(ns, 0))
+            for ns in self.store.namespaces()
+        )
+        now = time.time()
         with self._lock:
             self._passes += 1
             self._pending_objects = pending_objects
             self._pending_refs = pending_refs
-            if errors:
-                self._last_error = "; ".join(errors)[:500]
-            else:
-                self._last_success = time.time()
-                self._last_error = None
-                if pending_objects == pending_refs == 0:
-                    self._in_sync_since = self._in_sync_since or self._last_success
-                else:
-                    self._in_sync_since = None
-        if errors:
-            raise RemoteError("; ".join(errors))
+            self._last_error = error
+            was_synced = self._synced
+            self._synced = error is None and pending_objects == 0 and pending_refs == 0
+            if error is None:
+                self._last_success = now
+            if self._synced:
+                self._in_sync_at = now
+            elif was_synced:
+                self._in_sync_at = self._in_sync_at or now
 
-    def _namespace(self, ns: str, marks: dict[str, int]) -> tuple[int, int]:
-        """Replicate one namespace; returns (objects, refs) still pending afterwards."""
+    def _namespace(self, ns: str, marks: dict[str, int]) -> int:
+        """Replicate one namespace; returns the refs still pending (created meanwhile)."""
         local_refs = self.store.list_refs(ns)  # first: see the module docstring
         index = self.store.index(ns)
         end = index.max_seq()
@@ -179,7 +188,7 @@ class Replicator:
                 peer.put_ref(name, found[0])
                 with self._lock:
                     self._refs_sent += 1
-            return 0, 0
+            return len(set(self.store.list_refs(ns)) - set(local_refs))
         finally:
             peer.close()
 
@@ -211,10 +220,9 @@ class Replicator:
     # -- helpers -------------------------------------------------------------------------
 
     def _peer(self, ns: str) -> HttpBackend:
-        name = ns if ns != "replication-probe" else "probe"
         return HttpBackend(
             self.peer_urls,
-            name,
+            ns,
             self.token,
             timeout=(5.0, 120.0),
             retrier=Retrier(NO_RETRY),
