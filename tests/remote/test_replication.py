@@ -11,6 +11,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -49,9 +50,9 @@ def wait_for(cond: Callable[[], bool], timeout: float = 30) -> None:
         time.sleep(0.1)
 
 
-def peer_status(server: ServerProcess) -> dict[str, object]:
+def peer_status(server: ServerProcess) -> dict[str, Any]:
     doc = requests.get(server.url + "/v2/health", timeout=5).json()
-    peer: dict[str, object] = doc["peer"]
+    peer: dict[str, Any] = doc["peer"]
     return peer
 
 
