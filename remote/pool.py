@@ -13,8 +13,9 @@ file got its final name, so the header is a verified statement, and re-checking 
 means decoding its frame again and comparing both digests (`check`).
 
 Writing: temp file in DIR/tmp, fsync, `os.replace` into place, fsync of the leaf directory
-(batched by the caller: `publish` returns the directories to sync). A crash leaves either no
-file or a complete one under the final name; temp leftovers are removed at start-up.
+(the store runs the fsyncs of one upload batch in parallel; `publish` returns the directory
+to sync). A crash leaves either no file or a complete one under the final name; temp
+leftovers are removed at start-up.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remote.frames import BadFrameError, inspect_frame, is_digest
-from remote.objfile import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +65,29 @@ class BlobPool:
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
 
-    def write_temp(self, digest: str, xxh3: str, frame: bytes | memoryview) -> Path:
-        """A complete, fsynced temp blob (not yet visible). Removed again on any error."""
+    def write_temp(
+        self, digest: str, xxh3: str, frame: bytes | memoryview, sync: bool = True
+    ) -> Path:
+        """A complete temp blob (not yet visible), fsynced unless `sync=False` (the caller
+        then fsyncs it with `sync_file` before publishing). Removed again on any error."""
         tmp = self.tmp_dir / f"{secrets.token_hex(8)}.blob.tmp"
         try:
             with open(tmp, "xb") as f:
                 f.write(pack_header(digest, xxh3, len(frame)))
                 f.write(frame)
-                f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    f.flush()
+                    os.fsync(f.fileno())
         except BaseException:
             _unlink_quietly(tmp)
             raise
         return tmp
 
     def publish(self, tmp: Path, digest: str) -> Path:
-        """Give a temp blob its final name; return the directory to fsync.
+        """Give a (synced) temp blob its final name; return the directory to fsync.
 
-        If a blob of this digest appeared meanwhile, the existing one wins (first upload
-        wins) and the temp file is dropped; `check` decides elsewhere whether it is sound.
+        The caller holds the digest's lock and has checked that no sound blob of this
+        digest exists (first upload wins), so this only ever replaces a damaged one.
         """
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
@@ -152,9 +156,13 @@ class BlobPool:
                     yield from sorted(n for n in os.listdir(leaf) if is_digest(n))
 
 
-def fsync_dirs(dirs: set[Path]) -> None:
-    for d in sorted(dirs):
-        fsync_dir(d)
+def sync_file(path: Path) -> None:
+    """fsync a closed file (opened for writing: Windows flushes only writable handles)."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

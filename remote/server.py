@@ -31,7 +31,7 @@ from urllib.parse import parse_qs
 
 from remote import auth, hashing, names, objfile
 from remote.frames import is_digest
-from remote.store import DiskStore
+from remote.store import Accepted, DiskStore
 
 log = logging.getLogger(__name__)
 
@@ -385,7 +385,23 @@ class App:
     async def _upload(self, req: Request, send: Send, ns: str) -> None:
         length = self._length(req, MAX_UPLOAD_BODY)
         results: list[dict[str, str]] = []
-        rows: list[tuple[str, str, int]] = []
+        accepted: list[Accepted] = []
+        try:
+            await self._receive_records(req, ns, length, results, accepted)
+            await self._run(self.store.commit, ns, accepted)
+        except BaseException:
+            await self._run(self.store.discard, accepted)
+            raise
+        await self._send_json(req, send, 200, {"results": results})
+
+    async def _receive_records(
+        self,
+        req: Request,
+        ns: str,
+        length: int,
+        results: list[dict[str, str]],
+        accepted: list[Accepted],
+    ) -> None:
         body = req.body
         while body.consumed < length:
             if length - body.consumed < RECORD.size:
@@ -398,13 +414,10 @@ class App:
             if size > length - body.consumed:
                 raise ApiError(400, "bad_record", "record runs past the end of the body")
             frame = await body.read(size)
-            accepted = await self._run(self.store.accept, ns, raw_id.hex(), raw_sha.hex(), frame)
+            one = await self._run(self.store.accept, ns, raw_id.hex(), raw_sha.hex(), frame)
             del frame
-            results.append({"id": raw_id.hex(), "status": accepted.status})
-            if accepted.row is not None:
-                rows.append(accepted.row)
-        await self._run(self.store.commit, ns, rows)
-        await self._send_json(req, send, 200, {"results": results})
+            results.append({"id": raw_id.hex(), "status": one.status})
+            accepted.append(one)
 
     async def _download(self, req: Request, send: Send, ns: str) -> None:
         doc = await self._json_body(req)

@@ -80,13 +80,14 @@ def test_first_upload_of_a_content_wins_and_ids_never_remap(tmp_path: Path) -> N
     id, digest, frame = make_record(plain)
     first = store.accept("ns", id, digest, frame)
     assert first.status == CREATED and first.row == (id, digest, len(frame))
-    store.commit("ns", [first.row])
+    store.commit("ns", [first])
     raw = b"\x00" + struct.pack("<I", len(plain)) + plain  # same content, not compressed
     again = store.accept("ns", id, digest, raw)
     assert again.status == EXISTS and again.row is None
     assert store.read_object("ns", id) == (frame, digest)
     other = store.accept("other", id, digest, raw)
-    assert other.status == CREATED  # another namespace maps it, the pool keeps one blob
+    assert other.status == CREATED and other.staged is None  # mapped to the one blob
+    store.commit("other", [other])
     assert store.pool.read(digest)[1] == frame
     assert list(store.tmp_dir.iterdir()) == []
 
