@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,9 +60,10 @@ def serve(kind: str, port: int) -> None:
     if kind == "uvicorn":
         import uvicorn
 
+        app: Any = make_app()
         uvicorn.run(
-            make_app(), host="127.0.0.1", port=port, lifespan="off", log_level="warning", http="h11"
-        )  # type: ignore[arg-type]
+            app, host="127.0.0.1", port=port, lifespan="off", log_level="warning", http="h11"
+        )
     elif kind == "hypercorn":
         from hypercorn.asyncio import serve as hserve
         from hypercorn.config import Config
@@ -224,9 +226,8 @@ def main() -> int:
         serve(args.serve, args.port)
         return 0
     args.base.mkdir(parents=True, exist_ok=True)
-    print(
-        f"{'server':<10} {'clients':>7} {'upload MB/s':>12} {'download MB/s':>14} {'peak RSS MB':>12}"
-    )
+    head = ("server", "clients", "upload MB/s", "download MB/s", "peak RSS MB")
+    print(f"{head[0]:<10} {head[1]:>7} {head[2]:>12} {head[3]:>14} {head[4]:>12}")
     for kind in args.candidates.split(","):
         for clients in (int(c) for c in args.clients.split(",")):
             proc, url = start(kind, args.base)
