@@ -1,6 +1,6 @@
 """Crash-test pruner: writes snapshots and prunes them in a loop until killed.
 
-Run as ``python -m tests.prune.prune_crash_helper STORE SEED``. A writer thread adds
+Run as ``python -m tests.unit.prune_crash_helper STORE SEED``. A writer thread adds
 snapshots reusing a pool of contents (dedup against objects that are dead at the mark);
 the main thread forgets all but the pinned and the newest three, rewrites two of the
 survivors without ``d1/**`` (a per-path rule) and collects with aggressive repacking.

@@ -47,7 +47,7 @@ def test_sigkill_during_prune(tmp_path: Path) -> None:
         if time.monotonic() > deadline:
             break
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.prune.prune_crash_helper", path, str(iteration)],
+            [sys.executable, "-m", "tests.unit.prune_crash_helper", path, str(iteration)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             text=True,
