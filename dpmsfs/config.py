@@ -8,6 +8,11 @@ Example (/etc/dpmsfs/data-tool.toml)::
     max_delay_seconds = 60                  # ... but never later than this after the first
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
+    metrics_listen = "127.0.0.1:9310"       # Prometheus /metrics (default: off)
+
+    [alerts]                                # rules and hooks: dpmsfs/health.py
+    store_free_warning_percent = 20
+    command = "/usr/local/bin/page-oncall"
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmsfs.errors import UsageError
+from dpmsfs.health import AlertSettings
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
 STATE_ROOT = Path("/var/lib/dpmsfs")
@@ -39,6 +45,8 @@ class Config:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDES
     ingest_threads: int = 2
     fd_budget: int = 4096
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def name(self) -> str:
@@ -148,6 +156,8 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     store = Path(
         values.pop("store", None) or remembered_store(workdir) or default_store_dir(workdir)
     ).absolute()
+    if "alerts" in values:
+        values["alerts"] = AlertSettings.from_table(values["alerts"], path)
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     try:
@@ -155,7 +165,18 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     except TypeError as exc:
         raise UsageError(f"bad configuration: {exc}") from None
     check_store_location(config)
+    if config.metrics_listen:
+        parse_listen(config.metrics_listen)
     return config
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:9310'; port 0 picks a free one) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"metrics address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9310")
+    return host, int(port)
 
 
 def check_store_location(config: Config) -> None:

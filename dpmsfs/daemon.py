@@ -26,6 +26,7 @@ from dpmsfs.control import Handler, serve_control
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView
+from dpmsfs.monitor import Monitor
 from dpmsfs.store.errors import StoreError, StoreLockedError
 from dpmsfs.store.store import Store
 
@@ -87,11 +88,27 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         engine = CaptureEngine(config, store, clock)
         stack.callback(engine.close)
 
-        async def status(_: dict[str, Any]) -> dict[str, Any]:
+        async def base_report() -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
-            return {"status": report}
+            return report
+
+        def counters(report: dict[str, Any]) -> None:
+            """Monotonic counters since start and the newest snapshot's time (metrics)."""
+            report["counters"] = {
+                "captured_files": engine.status.captured_files,
+                "captured_bytes": engine.status.captured_bytes,
+                "new_bytes": engine.status.new_bytes,
+            }
+            last = report["last_snapshot"]
+            record = store.get_snapshot(last) if last else None
+            report["last_snapshot_ns"] = record.time_utc_ns if record else 0
+
+        monitor = Monitor(config, base_report, counters)
+
+        async def status(_: dict[str, Any]) -> dict[str, Any]:
+            return {"status": await monitor.report()}
 
         async def ping(_: dict[str, Any]) -> dict[str, Any]:
             return {}
@@ -134,7 +151,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)
-        services: list[Service] = [engine.run, control, view.run]
+        services: list[Service] = [
+            engine.run, control, view.run, monitor.run_alerts, monitor.run_metrics,
+        ]  # fmt: skip
         serve(
             options,
             engine.journal,
