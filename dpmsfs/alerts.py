@@ -23,9 +23,11 @@ again at the next evaluations. While anything is undelivered, `delivery_state()`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -188,22 +190,29 @@ def hook_environment(payload: dict[str, Any]) -> dict[str, str]:
 
 
 def run_command(command: str, payload: dict[str, Any], timeout: float) -> str:
+    """Run the hook in its own process group, so a timeout kills what it started too
+    (a shell's children would otherwise keep the pipes open and the wait going)."""
     try:
-        result = subprocess.run(
+        proc = subprocess.Popen(
             ["/bin/sh", "-c", command],
-            input=json.dumps(payload).encode(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             env=hook_environment(payload),
-            capture_output=True,
-            timeout=timeout,
-            check=False,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return f"timed out after {timeout:g} s"
     except OSError as exc:
         return str(exc)
-    if result.returncode != 0:
-        tail = result.stderr.decode(errors="replace").strip().splitlines()
-        return f"exit code {result.returncode}" + (f": {tail[-1]}" if tail else "")
+    try:
+        _, stderr = proc.communicate(json.dumps(payload).encode(), timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return f"timed out after {timeout:g} s"
+    if proc.returncode != 0:
+        tail = stderr.decode(errors="replace").strip().splitlines()
+        return f"exit code {proc.returncode}" + (f": {tail[-1]}" if tail else "")
     return ""
 
 
