@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -51,18 +52,45 @@ def open_store(config: Config) -> Store:
         raise UnavailableError(f"store {path}: {exc.strerror}") from None
 
 
-def snapshot_offline(config: Config, label: str, clock: Clock = SYSTEM_CLOCK) -> str:
-    """Take a snapshot of an unmounted work directory (scan, capture, snapshot)."""
+def snapshot_offline(
+    config: Config,
+    label: str,
+    clock: Clock = SYSTEM_CLOCK,
+    progress: Callable[[CaptureEngine], None] | None = None,
+) -> str:
+    """Take a snapshot of an unmounted work directory (scan, capture, snapshot).
+
+    `progress(engine)` is called every PROGRESS_SECONDS meanwhile (a terminal's bar)."""
     store = open_store(config)
     try:
         engine = CaptureEngine(config, store, clock)
         try:
-            record = trio.run(engine.snapshot_offline, label)
+
+            async def main() -> str:
+                async with trio.open_nursery() as nursery:
+                    if progress is not None:
+                        nursery.start_soon(_report_progress, engine, progress)
+                    record = await engine.snapshot_offline(label)
+                    nursery.cancel_scope.cancel()
+                return record.name
+
+            name = trio.run(main)
         finally:
             engine.close()
     finally:
         store.close()
-    return record.name
+    return name
+
+
+PROGRESS_SECONDS = 0.2
+
+
+async def _report_progress(
+    engine: CaptureEngine, progress: Callable[[CaptureEngine], None]
+) -> None:
+    while True:
+        progress(engine)
+        await trio.sleep(PROGRESS_SECONDS)
 
 
 def _tune_gc() -> None:

@@ -7,6 +7,7 @@ the import. One bar per phase; a phase's total may grow (verify learns it as it 
 
 from __future__ import annotations
 
+import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -14,6 +15,16 @@ from typing import Any
 
 def wanted(json_output: bool = False) -> bool:
     return not json_output and sys.stderr.isatty()
+
+
+def _size() -> tuple[int, int]:
+    """The terminal's columns and rows; 80x24 where it reports none (a pseudo-terminal
+    without a size says 0x0, and tqdm would then hide the bar)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 80, 24
+    return size.columns or 80, size.lines or 24
 
 
 class PhaseProgress:
@@ -37,7 +48,7 @@ class PhaseProgress:
 
             self._bar = tqdm(desc=phase, total=total, unit=self.unit,
                              unit_scale=self.unit_scale, file=sys.stderr, leave=False,
-                             dynamic_ncols=True)  # fmt: skip
+                             ncols=_size()[0], nrows=_size()[1])  # fmt: skip
             self._phase = phase
         bar = self._bar
         if total and bar.total != total:
