@@ -176,3 +176,33 @@ def test_progress_on_a_terminal_only(workdir: Path, store_dir: Path) -> None:
     assert "packs" in terminal or "index" in terminal, terminal
     quiet = run_cli("verify", str(workdir), "--store", str(store_dir))
     assert quiet.returncode == 0 and quiet.stderr == ""
+
+
+def test_metrics_address_in_use_is_shown_and_the_mount_still_serves(
+    workdir: Path, store_dir: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        mount = CliMount(workdir, "--store", str(store_dir), "--metrics", f"127.0.0.1:{port}")
+        try:
+            (workdir / "still.txt").write_text("works")
+            _, report = status(workdir, store_dir)
+            assert report["daemon"] == "running"
+            expected = f"cannot serve metrics on 127.0.0.1:{port}"
+            assert report["metrics"]["error"].startswith(expected)
+            assert (workdir / "still.txt").read_text() == "works"
+        finally:
+            mount.stop()
+    bad = run_cli("mount", str(workdir), "--metrics", "nowhere")
+    assert bad.returncode == 2 and "expected HOST:PORT" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_status_of_a_never_mounted_directory_is_one_clear_line(workdir: Path) -> None:
+    result = run_cli("status", str(workdir), "--store", str(workdir.parent / "nostore"))
+    assert result.returncode == 3
+    assert result.stderr.startswith("dpmsfs: no store at") and "Traceback" not in result.stderr
