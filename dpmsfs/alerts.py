@@ -282,7 +282,9 @@ class AlertService:
             log.warning("alert %s %s (%s): %s", event.alert.name, event.state,
                         event.alert.severity, event.alert.message)  # fmt: skip
         if events or self.notifier.state()["queued"]:
-            await trio.to_thread.run_sync(self.notifier.deliver, events)
+            # Abandoned on cancel: a stop of the daemon must not wait for a webhook's
+            # retries (the thread finishes or dies with the process).
+            await trio.to_thread.run_sync(self.notifier.deliver, events, abandon_on_cancel=True)
         return events
 
     async def run(self) -> None:
