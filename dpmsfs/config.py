@@ -9,6 +9,7 @@ Example (/etc/dpmsfs/data-tool.toml)::
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
     prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
+    metrics_listen = "127.0.0.1:9310"       # Prometheus /metrics (default: off)
 
     [retention]                             # docs/operations.md "Retention"
     keep_within = "14d"
@@ -16,6 +17,10 @@ Example (/etc/dpmsfs/data-tool.toml)::
     keep_weekly = 26
     keep_monthly = 24
     pin_labels = ["release"]                # besides every "pre-restore" snapshot
+
+    [alerts]                                # rules and hooks: dpmsfs/health.py
+    store_free_warning_percent = 20
+    command = "/usr/local/bin/page-oncall"
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmsfs.errors import UsageError
+from dpmsfs.health import AlertSettings
 from dpmsfs.store.retention import DEFAULT_POLICY, Policy, policy_from_config
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
@@ -50,6 +56,8 @@ class Config:
     fd_budget: int = 4096
     retention: Policy = DEFAULT_POLICY
     prune_interval_hours: float = 24.0
+    metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
+    alerts: AlertSettings = field(default_factory=AlertSettings)
 
     @property
     def name(self) -> str:
@@ -163,6 +171,8 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
         if not isinstance(values["retention"], dict):
             raise UsageError(f"{path}: retention must be a table ([retention])")
         values["retention"] = policy_from_config(values["retention"], f"{path}: [retention]")
+    if "alerts" in values:
+        values["alerts"] = AlertSettings.from_table(values["alerts"], path)
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     try:
@@ -170,7 +180,18 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     except TypeError as exc:
         raise UsageError(f"bad configuration: {exc}") from None
     check_store_location(config)
+    if config.metrics_listen:
+        parse_listen(config.metrics_listen)
     return config
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (IPv6 as '[::1]:9310'; port 0 picks a free one) -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"metrics address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9310")
+    return host, int(port)
 
 
 def check_store_location(config: Config) -> None:

@@ -11,6 +11,7 @@ import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -26,6 +27,7 @@ from dpmsfs.control import Handler, serve_control
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView
+from dpmsfs.monitor import Monitor
 from dpmsfs.prune import PruneService, set_pin
 from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
@@ -53,18 +55,45 @@ def open_store(config: Config) -> Store:
         raise UnavailableError(f"store {path}: {exc.strerror}") from None
 
 
-def snapshot_offline(config: Config, label: str, clock: Clock = SYSTEM_CLOCK) -> str:
-    """Take a snapshot of an unmounted work directory (scan, capture, snapshot)."""
+def snapshot_offline(
+    config: Config,
+    label: str,
+    clock: Clock = SYSTEM_CLOCK,
+    progress: Callable[[CaptureEngine], None] | None = None,
+) -> str:
+    """Take a snapshot of an unmounted work directory (scan, capture, snapshot).
+
+    `progress(engine)` is called every PROGRESS_SECONDS meanwhile (a terminal's bar)."""
     store = open_store(config)
     try:
         engine = CaptureEngine(config, store, clock)
         try:
-            record = trio.run(engine.snapshot_offline, label)
+
+            async def main() -> str:
+                async with trio.open_nursery() as nursery:
+                    if progress is not None:
+                        nursery.start_soon(_report_progress, engine, progress)
+                    record = await engine.snapshot_offline(label)
+                    nursery.cancel_scope.cancel()
+                return record.name
+
+            name = trio.run(main)
         finally:
             engine.close()
     finally:
         store.close()
-    return record.name
+    return name
+
+
+PROGRESS_SECONDS = 0.2
+
+
+async def _report_progress(
+    engine: CaptureEngine, progress: Callable[[CaptureEngine], None]
+) -> None:
+    while True:
+        progress(engine)
+        await trio.sleep(PROGRESS_SECONDS)
 
 
 def _tune_gc() -> None:
@@ -91,12 +120,28 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         stack.callback(engine.close)
         pruner = PruneService(store, config.retention, config.prune_interval_hours, clock)
 
-        async def status(_: dict[str, Any]) -> dict[str, Any]:
+        async def base_report() -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
             report["prune"] = pruner.status()
-            return {"status": report}
+            return report
+
+        def counters(report: dict[str, Any]) -> None:
+            """Monotonic counters since start and the newest snapshot's time (metrics)."""
+            report["counters"] = {
+                "captured_files": engine.status.captured_files,
+                "captured_bytes": engine.status.captured_bytes,
+                "new_bytes": engine.status.new_bytes,
+            }
+            last = report["last_snapshot"]
+            record = store.get_snapshot(last) if last else None
+            report["last_snapshot_ns"] = record.time_utc_ns if record else 0
+
+        monitor = Monitor(config, base_report, counters)
+
+        async def status(_: dict[str, Any]) -> dict[str, Any]:
+            return {"status": await monitor.report()}
 
         async def prune_request(request: dict[str, Any]) -> dict[str, Any]:
             policy = with_overrides(config.retention, dict(request.get("overrides") or {}))
@@ -154,7 +199,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)
-        services: list[Service] = [engine.run, control, view.run, pruner.run]
+        services: list[Service] = [
+            engine.run, control, view.run, pruner.run, monitor.run_alerts, monitor.run_metrics,
+        ]  # fmt: skip
         serve(
             options,
             engine.journal,

@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="directory descriptors kept open at most (default: 4096)",
     )
     parser.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics there (default: metrics_listen of the config; off)",
+    )
+    parser.add_argument(
         "--no-capture",
         action="store_true",
         help="passthrough only, no versioning (for measuring the mount alone)",
@@ -68,6 +73,7 @@ def run_mount(args: argparse.Namespace) -> int:
         store=args.store,
         tool_id=args.tool_id,
         fd_budget=args.fd_budget,
+        metrics_listen=args.metrics,
     )
     if args.foreground:
         daemon.run(cfg, capture=not args.no_capture)
@@ -95,6 +101,7 @@ def _spawn_daemon(args: argparse.Namespace, cfg: config.Config) -> int:
         "--tool-id",
         cfg.tool_id,
         *(["--config", args.config] if args.config else []),
+        *(["--metrics", args.metrics] if args.metrics else []),
         *(["--no-capture"] if args.no_capture else []),
         str(workdir),
     ]

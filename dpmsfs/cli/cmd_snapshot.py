@@ -6,6 +6,7 @@ Meant for Makefiles: run before and after a build to mark the versions that matt
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from dpmsfs import control, mountinfo
 from dpmsfs.cli.common import add_workdir_arguments, load_config
@@ -32,5 +33,18 @@ def take(cfg: Config, label: str) -> str:
         reply = control.call(cfg.control_socket, {"cmd": "snapshot", "label": label}, timeout=None)
         return str(reply["snapshot"])
     from dpmsfs import daemon  # pyfuse3 and trio: only for the offline path
+    from dpmsfs.cli.progress import PhaseProgress, wanted
 
-    return daemon.snapshot_offline(cfg, label)
+    with PhaseProgress(wanted(), unit="B", unit_scale=True) as bar:
+
+        def show(engine: Any) -> None:
+            """The scan's bytes seen, then the capture of what differs (a first import)."""
+            scan = engine.scan_progress
+            if scan.running:
+                bar.update("scanning", scan.bytes_seen)
+                bar.set_postfix(f"{scan.entries} entries, {scan.differences} to capture")
+            else:
+                bar.update("capturing", engine.status.captured_bytes)
+                bar.set_postfix(f"{engine.status.captured_files} of {scan.differences} files")
+
+        return daemon.snapshot_offline(cfg, label, progress=show if bar.enabled else None)

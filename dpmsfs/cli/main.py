@@ -23,7 +23,7 @@ from dpmsfs.errors import EXIT_INTERRUPTED, EXIT_USAGE, DpmsError
 COMMANDS: dict[str, tuple[str, str]] = {
     "mount": ("cmd_mount", "mount dpmsfs over a work directory"),
     "umount": ("cmd_umount", "unmount a dpmsfs work directory"),
-    "status": ("cmd_status", "show the capture state of a work directory"),
+    "status": ("cmd_status", "show the state and health of a work directory"),
     "snapshot": ("cmd_snapshot", "take a snapshot now (waits for pending changes)"),
     "snapshots": ("cmd_snapshots", "list snapshots"),
     "log": ("cmd_log", "the version history of one file"),
