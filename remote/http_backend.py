@@ -48,6 +48,7 @@ MISSING_BATCH = 1_000
 DOWNLOAD_BATCH = 256
 UPLOAD_BATCH_BYTES = 32 << 20
 UPLOAD_BATCH_RECORDS = 2_000
+SERVER_ID_TTL = 10.0
 RECORD = struct.Struct(">16s32sI")
 ABSENT = 0xFFFFFFFF
 
@@ -100,7 +101,7 @@ class HttpBackend:
         self.namespace = namespace
         self.timeout = timeout
         self._bucket = TokenBucket(bandwidth) if bandwidth else None
-        self._server_ids: dict[int, str] = {}
+        self._server_ids: dict[int, tuple[str, float]] = {}  # url index -> (id, asked at)
         self._retrier = retrier or Retrier()
         self._active = 0
         self._session = requests.Session()
@@ -177,7 +178,12 @@ class HttpBackend:
     # -- server identity -----------------------------------------------------------------
 
     def server_id(self) -> str:
-        """The id of the server that answers now (asked once per URL, then remembered)."""
+        """The id of the server that answers now.
+
+        Remembered per URL for SERVER_ID_TTL seconds, so a sync loop may ask before every
+        batch; after a failover the other URL's id is asked at once, and a server whose data
+        directory was replaced behind the same URL is noticed within the TTL.
+        """
 
         def ask() -> str:
             resp = self._call("health", "GET", "/v2/health", (200,))
@@ -185,11 +191,13 @@ class HttpBackend:
             sid = doc.get("server_id") if isinstance(doc, dict) else None
             if not isinstance(sid, str) or not sid:
                 raise PermanentRemoteError("server health has no server_id")
-            self._server_ids[self._active] = sid
+            self._server_ids[self._active] = (sid, time.monotonic())
             return sid
 
         known = self._server_ids.get(self._active)
-        return known if known is not None else self._retry("server_id", ask)
+        if known is not None and time.monotonic() - known[1] < SERVER_ID_TTL:
+            return known[0]
+        return self._retry("server_id", ask)
 
     def health(self) -> bool:
         """Whether any server answers its health check (no retry, for status displays)."""

@@ -13,6 +13,9 @@ Clients send prebuilt bodies with plain `requests` and discard downloads unverif
 figures measure the server (the app verifies every record: decode, SHA-256, xxh3, fsync).
 waitress is not a candidate: it is WSGI (no streamed ASGI bodies) and has no TLS of its own.
 
+hypercorn and granian are not dependencies of dpmsfs: `.venv/bin/pip install hypercorn
+granian` first (a candidate whose package is missing is skipped with a note).
+
 Example (the figures in docs/benchmarks.md):
     .venv/bin/python scripts/bench_server.py --base /tmp/srvbench --clients 1,12 \\
         --mb-per-client 48
@@ -228,7 +231,12 @@ def main() -> int:
     args.base.mkdir(parents=True, exist_ok=True)
     head = ("server", "clients", "upload MB/s", "download MB/s", "peak RSS MB")
     print(f"{head[0]:<10} {head[1]:>7} {head[2]:>12} {head[3]:>14} {head[4]:>12}")
+    import importlib.util
+
     for kind in args.candidates.split(","):
+        if importlib.util.find_spec(kind) is None:
+            print(f"{kind:<10} skipped: not installed (pip install {kind})", flush=True)
+            continue
         for clients in (int(c) for c in args.clients.split(",")):
             proc, url = start(kind, args.base)
             try:

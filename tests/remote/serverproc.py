@@ -113,3 +113,17 @@ class ServerProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class FixedPortServer(ServerProcess):
+    """A server that always listens on the same port (a peer URL that stays valid)."""
+
+    def __init__(self, data: Path, tokens: Path, port: int) -> None:
+        super().__init__(data, tokens)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> FixedPortServer:
+        self.extra = ("--listen", f"127.0.0.1:{self.port}")
+        super().start()
+        return self

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import socket
 import struct
 import time
+from pathlib import Path
 
 import pytest
 import requests
 
+from remote import http_backend
 from remote.errors import (
     DeadlineExceeded,
     IntegrityError,
@@ -22,7 +26,14 @@ from remote.hashing import header_value
 from remote.http_backend import HttpBackend, TokenBucket
 from remote.retry import NO_RETRY, Retrier, RetryPolicy
 from tests.remote.fakeserver import Reply, fake_server
-from tests.remote.serverproc import NS_A, TOOL_A, ServerProcess, key_of
+from tests.remote.serverproc import (
+    NS_A,
+    TOOL_A,
+    FixedPortServer,
+    ServerProcess,
+    key_of,
+    write_tokens,
+)
 
 RECORD = struct.Struct(">16s32sI")
 
@@ -198,3 +209,23 @@ def test_invalid_arguments_are_refused_client_side(shared_server: ServerProcess)
     with pytest.raises(ValueError):
         HttpBackend([], NS_A, TOOL_A)
     assert header_value("0" * 32).startswith("xxh3-128:")
+
+
+def test_server_id_notices_a_replaced_server_behind_the_same_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = FixedPortServer(tmp_path / "data", write_tokens(tmp_path / "t.json"), port).start()
+    try:
+        with client([server.url]) as b:
+            first = b.server_id()
+            assert b.server_id() == first  # remembered
+            server.stop()
+            shutil.rmtree(server.data)  # the disk was replaced
+            server.start()
+            monkeypatch.setattr(http_backend, "SERVER_ID_TTL", 0.0)
+            assert b.server_id() != first
+    finally:
+        server.stop()

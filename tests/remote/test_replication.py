@@ -19,7 +19,13 @@ import requests
 from remote.frames import make_record
 from remote.http_backend import HttpBackend
 from remote.retry import NO_RETRY, Retrier
-from tests.remote.serverproc import ADMIN, REPLICATE, ServerProcess, write_tokens
+from tests.remote.serverproc import (
+    ADMIN,
+    REPLICATE,
+    FixedPortServer,
+    ServerProcess,
+    write_tokens,
+)
 
 
 @pytest.fixture
@@ -165,17 +171,3 @@ def test_peer_down_for_a_while_then_back(tmp_path: Path) -> None:
     finally:
         a.stop()
         b.stop()
-
-
-class FixedPortServer(ServerProcess):
-    """A server that always listens on the same port (a peer URL that stays valid)."""
-
-    def __init__(self, data: Path, tokens: Path, port: int) -> None:
-        super().__init__(data, tokens)
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-
-    def start(self) -> FixedPortServer:
-        self.extra = ("--listen", f"127.0.0.1:{self.port}")
-        super().start()
-        return self
