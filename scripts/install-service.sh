@@ -36,8 +36,13 @@ case "$tool_id$store" in *'"'*|*'\'*) echo "install-service: quotes and backslas
 
 bash "$repo/scripts/install-package.sh" "$repo" "$prefix"
 
-name="$(systemd-escape --path "$workdir")"
-unit="dpmsfs@${name}.service"
+# The unit's instance is systemd's escape of the path (/data/my-tool -> data-my\x2dtool);
+# the configuration file is named as the daemon looks it up (config.instance_name:
+# /data/my-tool -> data-my-tool).
+unit="$(systemd-escape --path --template=dpmsfs@.service "$workdir")"
+name="$("$prefix/venv/bin/python" -c 'import sys; from pathlib import Path
+from dpmsfs.config import instance_name
+print(instance_name(Path(sys.argv[1])))' "$workdir")"
 conf="/etc/dpmsfs/${name}.toml"
 mkdir -p /etc/dpmsfs
 if [ ! -f "$conf" ]; then

@@ -39,6 +39,9 @@ def container(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
 @pytest.fixture
 def service(container: Container) -> Iterator[Container]:
     """The tool's service running (started if a test left it stopped)."""
-    container.run(["systemctl", "start", UNIT])
+    started = container.run(["systemctl", "start", UNIT], check=False)
+    if started.returncode != 0:
+        journal = container.sh(f"journalctl -b -u {UNIT} -o short-precise | tail -40")
+        raise AssertionError(f"systemctl start {UNIT} failed: {started.stderr}\n{journal}")
     yield container
     container.run(["systemctl", "reset-failed", UNIT], check=False)
