@@ -5,6 +5,7 @@
 #   PREFIX/venv  a virtualenv with dpmsfs and dpmsfs-server (pip, the usual indexes)
 # System packages come first from scripts/setup.sh --system-only.
 set -euo pipefail
+umask 022  # units, configuration and venv readable by all, writable by root only
 repo="${1:?usage: install-package.sh REPO PREFIX}"
 prefix="${2:?usage: install-package.sh REPO PREFIX}"
 bash "$repo/scripts/setup.sh" --system-only

@@ -10,6 +10,7 @@
 # reads; edit it and `systemctl restart dpmsfs-server` to change them. Idempotent.
 # Exit status: 0 installed, 2 usage error, 1 anything else failed.
 set -euo pipefail
+umask 022  # units, configuration and venv readable by all, writable by root only
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix="${DPMSFS_PREFIX:-/opt/dpmsfs}"
 usage="usage: install-server.sh --data DIR [--listen HOST:PORT] [--tls-cert FILE --tls-key FILE] [--no-start]"

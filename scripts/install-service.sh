@@ -12,6 +12,7 @@
 #  4. /etc/systemd/system/dpmsfs@.service, enabled (and started unless --no-start)
 # Exit status: 0 installed, 2 usage error, 1 anything else failed (the message says what).
 set -euo pipefail
+umask 022  # units, configuration and venv readable by all, writable by root only
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 prefix="${DPMSFS_PREFIX:-/opt/dpmsfs}"
 usage="usage: install-service.sh WORKDIR [--store DIR] [--tool-id ID] [--no-start]"

@@ -115,7 +115,12 @@ class Container:
         self, argv: Sequence[str], check: bool = True, timeout: float = 120.0
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            self.command(argv), capture_output=True, text=True, timeout=timeout, check=False
+            self.command(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            umask=0o022,  # not the test process's (mount tests in it set 0)
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -133,6 +138,7 @@ class Container:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            umask=0o022,
         )
 
     def unit_property(self, unit: str, name: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -20,7 +21,7 @@ def _mounted(box: Container) -> bool:
     return out.stdout.strip() == "fuse.dpmsfs"
 
 
-def _wait_for(predicate, timeout: float, what: str) -> float:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if predicate():
@@ -219,3 +220,43 @@ def test_server_service_starts_and_answers_health(container: Container) -> None:
     assert container.unit_property("dpmsfs-server.service", "Result") == "success"
     gone = container.run(["curl", "-sf", f"http://127.0.0.1:{port}/v1/health"], check=False)
     assert gone.returncode != 0
+
+
+EQUIPMENT_UNIT = f"""[Unit]
+Description=stand-in for the equipment software
+Wants={UNIT}
+After={UNIT}
+
+[Service]
+ExecStart=/bin/sh -c 'findmnt -n -o FSTYPE --mountpoint {WORKDIR} > /tmp/equipment-saw; \\
+exec sleep infinity'
+"""
+
+
+def test_equipment_ordered_after_the_mount_survives_its_restarts(service: Container) -> None:
+    """The ordering docs/operations.md recommends (Wants= + After=): starting the
+    equipment starts dpmsfs first and waits for READY=1, so the equipment finds the
+    mount; a crash and restart of dpmsfs leaves the equipment running (fail-open)."""
+    service.run(["systemctl", "stop", UNIT])
+    service.sh(
+        "cat > /etc/systemd/system/equipment.service <<'END'\n"
+        f"{EQUIPMENT_UNIT}END\nsystemctl daemon-reload"
+    )
+    try:
+        service.run(["systemctl", "start", "equipment.service"])
+        # Type=simple: systemctl returns once it forked; the shell writes soon after.
+        _wait_for(
+            lambda: bool(service.sh("cat /tmp/equipment-saw 2>/dev/null || true")), 10, "written"
+        )
+        assert service.sh("cat /tmp/equipment-saw").strip() == "fuse.dpmsfs"
+        old_pid = service.unit_property(UNIT, "MainPID")
+        equipment_pid = service.unit_property("equipment.service", "MainPID")
+        service.sh(f"kill -9 {old_pid}")
+        _wait_for(lambda: _restarted(service, old_pid), 30, "restarted")
+        assert service.unit_property("equipment.service", "ActiveState") == "active"
+        assert service.unit_property("equipment.service", "MainPID") == equipment_pid
+    finally:
+        service.sh(
+            "systemctl stop equipment.service; rm -f /etc/systemd/system/equipment.service "
+            "/tmp/equipment-saw; systemctl daemon-reload"
+        )
