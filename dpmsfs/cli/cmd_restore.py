@@ -57,6 +57,12 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--tool", help="the tool whose snapshots to read (its namespace)")
     group.add_argument("--token-file", help="file holding the tool's token")
     group.add_argument("--tls-ca", help="CA bundle of the server's certificate")
+    group.add_argument(
+        "--retry-seconds",
+        type=float,
+        default=30.0,
+        help="how long to keep retrying servers that do not answer (default 30)",
+    )
 
 
 def relative_path(workdir: Path, path: str) -> bytes:
@@ -187,7 +193,11 @@ def open_server_source(args: argparse.Namespace) -> RemoteSource:
     if not args.tool or not args.token_file:
         raise UsageError("--server needs --tool and --token-file")
     return open_server(
-        urls, args.tool, Path(args.token_file), Path(args.tls_ca) if args.tls_ca else None
+        urls,
+        args.tool,
+        Path(args.token_file),
+        Path(args.tls_ca) if args.tls_ca else None,
+        deadline=max(args.retry_seconds, 0.0),
     )
 
 
