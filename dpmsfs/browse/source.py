@@ -42,6 +42,7 @@ SNAPSHOT_REF_PREFIX = "snapshot."
 # does not hold up the rest and memory stays bounded.
 BATCH_IDS = 256
 BATCH_BYTES = 8 << 20
+_NOT_ON_SERVER = "the server has no intact copy of object %s"
 
 
 class ObjectSource(Protocol):
@@ -153,7 +154,9 @@ class RemoteSource:
         try:
             frame = self._call(self.backend.load, oid.hex())
         except RemoteNotFound:
-            raise MissingObjectError(f"the server has no object {oid.hex()}") from None
+            raise MissingObjectError(
+                f"the server has no intact copy of object {oid.hex()}"
+            ) from None
         return self._count(decode_frame(oid, frame))
 
     def read_objects(self, oids: Sequence[bytes]) -> Iterator[bytes]:
@@ -193,7 +196,7 @@ class RemoteSource:
             if got != oid.hex():
                 raise RemoteCorruptError(f"the server answered {got} for {oid.hex()}")
             if frame is None:
-                raise MissingObjectError(f"the server has no object {oid.hex()}")
+                raise MissingObjectError(_NOT_ON_SERVER % oid.hex())
             out.append(self._count(decode_frame(oid, frame)))
         return out
 

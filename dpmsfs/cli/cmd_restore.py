@@ -134,6 +134,7 @@ def _restore_here(
 
     from dpmsfs.browse import restore_job  # the store's libraries: only when needed here
     from dpmsfs.browse.reader import SnapshotReader
+    from dpmsfs.browse.source import LocalThenRemote, StoreSource
     from dpmsfs.cli import cmd_snapshot
 
     store = open_store_readonly(cfg)
@@ -146,9 +147,12 @@ def _restore_here(
         print(f"dpmsfs: current state kept as snapshot {safety} (pre-restore)")
 
     store = open_store_readonly(cfg)
+    remote = _configured_server(cfg)
     try:
         stats = restore_job.restore(
-            SnapshotReader(store),
+            SnapshotReader(
+                store if remote is None else LocalThenRemote(StoreSource(store), remote)
+            ),
             record,
             selection,
             target,
@@ -158,9 +162,21 @@ def _restore_here(
         )
     finally:
         store.close()
+        if remote is not None:
+            remote.close()
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return _report(dataclasses.asdict(stats), record.name, str(target))
+
+
+def _configured_server(cfg: Config) -> RemoteSource | None:
+    """The server of the mount's configuration, for chunks the local store lacks or holds
+    damaged (then a local restore still completes); None without one."""
+    if not cfg.server or cfg.token_file is None:
+        return None
+    from dpmsfs.browse.source import open_server
+
+    return open_server(cfg.server, cfg.tool_id, cfg.token_file, cfg.tls_ca)
 
 
 def _report(stats: dict[str, Any], snapshot: str, target: str) -> int:

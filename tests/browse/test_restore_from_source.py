@@ -9,10 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from dpmsfs.browse import restore_job
 from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.browse.server_restore import STATE_NAME, restore_from_server
-from dpmsfs.browse.source import RemoteCorruptError, RemoteSource, ServerError
+from dpmsfs.browse.source import (
+    LocalThenRemote,
+    RemoteCorruptError,
+    RemoteSource,
+    ServerError,
+    StoreSource,
+)
 from dpmsfs.errors import NotFoundError, UsageError
+from dpmsfs.store import schema
+from dpmsfs.store.errors import ObjectNotFoundError
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
 from tests.browse.upload import snapshot_objects, upload_snapshot
@@ -157,3 +166,26 @@ def test_selected_paths(
     target = tmp_path / "target"
     restore_from_server(RemoteSource(backend), TOOL, name, [b"src/d1"], target, force=False)
     assert tree_of(target) == {k: v for k, v in files.items() if k.startswith("src/d1/")}
+
+
+def test_local_restore_takes_what_the_store_lacks_from_the_server(
+    served: tuple[FakeV2Backend, dict[str, bytes], str, Store], tmp_path: Path
+) -> None:
+    backend, files, name, store = served
+    chunks = chunk_ids_by_path(store, name)
+    lost = sorted(chunks["logs/big.stdf"])[:2] + sorted(chunks["src/d0/f5.c"])
+    with store.db.write() as txn:
+        for oid in lost:
+            txn.delete(schema.T_OBJECTS, oid)
+    reader = SnapshotReader(store)
+    record, selection = restore_job.select(reader, name, [])
+    (tmp_path / "a").mkdir()
+    with pytest.raises(ObjectNotFoundError):
+        restore_job.restore(reader, record, selection, tmp_path / "a", in_place=False,
+                            force=False)  # fmt: skip
+    target = tmp_path / "b"
+    target.mkdir()
+    both = SnapshotReader(LocalThenRemote(StoreSource(store), RemoteSource(backend)))
+    restore_job.restore(both, record, selection, target, in_place=False, force=False)
+    assert tree_of(target) == files
+    assert sorted(backend.downloads) == sorted(o.hex() for o in lost)
