@@ -117,6 +117,11 @@ class Restorer:
         futures (`_pending_dirs`, at most PENDING_DIRS) and finished later.
         """
         entries = self.reader.tree(tree_id)
+        if self.keep_identical:  # resuming: a killed run may have left named temporaries
+            for name in os.listdir(target_fd):  # (before this directory's files start)
+                raw = os.fsencode(name)
+                if _is_temporary(raw):
+                    os.unlink(raw, dir_fd=target_fd)
         wanted = set()
         files: list[Future[None]] = []
         batch: list[TreeEntry] = []
@@ -405,6 +410,16 @@ class Restorer:
         if now - self._last_progress >= 1.0:
             self._last_progress = now
             self.progress(self.stats)
+
+
+def _is_temporary(name: bytes) -> bool:
+    """A name `_restore_file` gives a file while writing it (TEMP_PREFIX + 12 hex)."""
+    rest = name[len(TEMP_PREFIX) :]
+    return (
+        name.startswith(TEMP_PREFIX)
+        and len(rest) == 12
+        and all(c in b"0123456789abcdef" for c in rest)
+    )
 
 
 def _content_matches(fd: int, entry: TreeEntry) -> bool:

@@ -82,11 +82,13 @@ def test_interrupted_restore_resumes_without_fetching_finished_files(
     done = tree_of(target)
     assert 0 < len(done) < len(files)
     assert all(files[path] == data for path, data in done.items())  # never half a file
+    leftover = target / "src" / ".dpmsfs-restore-0123456789ab"  # as a kill would leave it
+    leftover.write_bytes(b"half a file")
     backend.fail_after = None
     backend.downloads.clear()
     result = restore_from_server(RemoteSource(backend), TOOL, name, [], target, force=False)
     assert result.resumed and result.stats.kept == len(done)
-    assert tree_of(target) == files
+    assert tree_of(target) == files and not leftover.exists()
     # Not one chunk that only finished files need was fetched again.
     chunks = chunk_ids_by_path(store, name)
     needed_again = {c for path, ids in chunks.items() if path not in done for c in ids}
