@@ -16,8 +16,8 @@ from dpmsfs.browse.source import RemoteSource
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.store import schema
 from dpmsfs.store.store import Store
+from tests.browse.counting import CountingBackend
 from tests.browse.upload import upload_snapshot
-from tests.browse.v2fake import FakeV2Backend
 from tests.unit.store_util import new_store, snapshot
 
 DATA = random.Random(5).randbytes(5 << 20)  # several chunks
@@ -31,10 +31,10 @@ def forget_locally(store: Store, oids: list[bytes]) -> None:
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> tuple[Store, FakeV2Backend, str, list[bytes]]:
+def setup(tmp_path: Path) -> tuple[Store, CountingBackend, str, list[bytes]]:
     store = new_store(str(tmp_path / "s"))
     name = snapshot(store, {"dir/big.bin": DATA, "small.txt": b"hello"})
-    backend = FakeV2Backend()
+    backend = CountingBackend()
     upload_snapshot(store, backend, name)
     reader = SnapshotReader(store)
     root = reader.snapshot(name).root_tree_id
@@ -54,7 +54,7 @@ def read_big(tree: SnapshotTree, name: str) -> bytes:
 
 
 def test_chunks_missing_locally_are_read_from_the_server(
-    setup: tuple[Store, FakeV2Backend, str, list[bytes]],
+    setup: tuple[Store, CountingBackend, str, list[bytes]],
 ) -> None:
     store, backend, name, chunks = setup
     gone = [chunks[0], chunks[-1]]
@@ -67,7 +67,7 @@ def test_chunks_missing_locally_are_read_from_the_server(
 
 
 def test_a_tree_missing_locally_is_read_from_the_server(
-    setup: tuple[Store, FakeV2Backend, str, list[bytes]],
+    setup: tuple[Store, CountingBackend, str, list[bytes]],
 ) -> None:
     store, backend, name, _ = setup
     reader = SnapshotReader(store)
@@ -79,7 +79,7 @@ def test_a_tree_missing_locally_is_read_from_the_server(
 
 
 def test_a_chunk_the_server_lacks_too_stays_eio_with_a_log_line(
-    setup: tuple[Store, FakeV2Backend, str, list[bytes]], caplog: pytest.LogCaptureFixture
+    setup: tuple[Store, CountingBackend, str, list[bytes]], caplog: pytest.LogCaptureFixture
 ) -> None:
     store, backend, name, chunks = setup
     forget_locally(store, [chunks[1]])
@@ -91,7 +91,7 @@ def test_a_chunk_the_server_lacks_too_stays_eio_with_a_log_line(
 
 
 def test_a_corrupt_chunk_from_the_server_is_eio_not_wrong_bytes(
-    setup: tuple[Store, FakeV2Backend, str, list[bytes]],
+    setup: tuple[Store, CountingBackend, str, list[bytes]],
 ) -> None:
     store, backend, name, chunks = setup
     forget_locally(store, [chunks[1]])
