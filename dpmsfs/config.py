@@ -11,6 +11,14 @@ Example (/etc/dpmsfs/data-tool.toml)::
     server = ["https://srv1:8765", "https://srv2:8765"]  # the central HA pair (optional)
     token_file = "/etc/dpmsfs/tester-07.token"             # this tool's bearer token
     tls_ca = "/etc/dpmsfs/ca.pem"                           # CA of the servers' certificates
+    prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
+
+    [retention]                             # docs/operations.md "Retention"
+    keep_within = "14d"
+    keep_daily = 60
+    keep_weekly = 26
+    keep_monthly = 24
+    pin_labels = ["release"]                # besides every "pre-restore" snapshot
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmsfs.errors import UsageError
+from dpmsfs.store.retention import DEFAULT_POLICY, Policy, policy_from_config
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
 STATE_ROOT = Path("/var/lib/dpmsfs")
@@ -45,6 +54,8 @@ class Config:
     server: tuple[str, ...] = ()  # URLs of the central server pair, tried in order
     token_file: Path | None = None
     tls_ca: Path | None = None
+    retention: Policy = DEFAULT_POLICY
+    prune_interval_hours: float = 24.0
 
     @property
     def name(self) -> str:
@@ -154,6 +165,10 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     store = Path(
         values.pop("store", None) or remembered_store(workdir) or default_store_dir(workdir)
     ).absolute()
+    if "retention" in values:
+        if not isinstance(values["retention"], dict):
+            raise UsageError(f"{path}: retention must be a table ([retention])")
+        values["retention"] = policy_from_config(values["retention"], f"{path}: [retention]")
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     if "server" in values:

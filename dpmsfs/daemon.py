@@ -26,7 +26,10 @@ from dpmsfs.control import Handler, serve_control
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView, server_arguments
+from dpmsfs.prune import PruneService, set_pin
+from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
+from dpmsfs.store.retention import with_overrides
 from dpmsfs.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -86,12 +89,27 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         stack.callback(store.close)
         engine = CaptureEngine(config, store, clock)
         stack.callback(engine.close)
+        pruner = PruneService(store, config.retention, config.prune_interval_hours, clock)
 
         async def status(_: dict[str, Any]) -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
+            report["prune"] = pruner.status()
             return {"status": report}
+
+        async def prune_request(request: dict[str, Any]) -> dict[str, Any]:
+            policy = with_overrides(config.retention, dict(request.get("overrides") or {}))
+            dry_run = bool(request.get("dry_run"))
+            result = await trio.to_thread.run_sync(pruner.run_now, policy, dry_run)
+            return {"prune": result.as_dict()}
+
+        async def pin_request(request: dict[str, Any]) -> dict[str, Any]:
+            name = await trio.to_thread.run_sync(
+                set_pin, store, str(request.get("snapshot", "")),
+                bool(request.get("pinned", True)), str(request.get("reason", "")),
+            )  # fmt: skip
+            return {"snapshot": name}
 
         async def ping(_: dict[str, Any]) -> dict[str, Any]:
             return {}
@@ -113,8 +131,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 safety = (await engine.snapshot(label="pre-restore")).name
 
             def run_job() -> restore_job.RestoreStats:
-                return restore_job.restore(reader, job.record, job.selection, job.target,
-                                           in_place=job.in_place, force=job.force)  # fmt: skip
+                with store_gc.lease(store, job.record.name):  # a prune meanwhile keeps its objects
+                    return restore_job.restore(reader, job.record, job.selection, job.target,
+                                               in_place=job.in_place, force=job.force)  # fmt: skip
 
             try:
                 # Off the FUSE thread: an in-place restore writes through this very mount.
@@ -129,6 +148,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         async def control() -> None:
             handlers: dict[str, Handler] = {
                 "status": status, "snapshot": snapshot, "ping": ping, "restore": restore,
+                "prune": prune_request, "pin": pin_request,
             }  # fmt: skip
             await serve_control(config.control_socket, handlers)
 
@@ -139,7 +159,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             level,
             server_arguments(config.server, config.tool_id, config.token_file, config.tls_ca),
         )
-        services: list[Service] = [engine.run, control, view.run]
+        services: list[Service] = [engine.run, control, view.run, pruner.run]
         serve(
             options,
             engine.journal,
