@@ -250,3 +250,35 @@ def test_snapshots_read_of_a_chunk_missing_locally_is_served_by_the_server(
     finally:
         mount.stop()
     assert "reading it from the server" in mount.log()
+
+
+def test_disk_full_is_one_line_and_the_same_command_resumes(
+    workdir: Path, store_dir: Path, server: ServerProcess, token_file: Path, tmp_path: Path
+) -> None:
+    mount = CliMount(workdir, "--store", str(store_dir))
+    try:
+        for i in range(4):
+            (workdir / f"log{i}.stdf").write_bytes(os.urandom(1 << 20))
+        (workdir / "small.txt").write_text("small")
+        name = cli_snapshot(workdir, store_dir)
+        publish(store_dir, server, name)
+        target = tmp_path / "small-disk"
+        target.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2500k", "tmpfs", str(target)],
+                       check=True)  # fmt: skip
+        try:
+            result = server_restore(server, token_file, target, "--snapshot", name)
+            assert result.returncode == 1, result.stderr
+            assert "disk full" in result.stderr and "run the same command again" in result.stderr
+            assert result.stderr.strip().count("\n") <= 1 and "Traceback" not in result.stderr
+            for path in target.glob("log*.stdf"):  # what is there is complete
+                assert path.read_bytes() == (workdir / path.name).read_bytes()
+            subprocess.run(["mount", "-o", "remount,size=20m", str(target)], check=True)
+            again = server_restore(server, token_file, target, "--snapshot", name, "--json")
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout)["resumed"]
+            assert state(target) == state(workdir, skip=(".snapshots",))
+        finally:
+            subprocess.run(["umount", "-l", str(target)], check=False)
+    finally:
+        mount.stop()
