@@ -218,9 +218,12 @@ class PruneService:
         if self.interval_s <= 0:
             return
         self.last = await trio.to_thread.run_sync(last_result, self.store)
+        retry: float | None = None
         while True:
             done_ns = (self.last or {}).get("time_ns", 0)
-            if done_ns:
+            if retry is not None:
+                wait = retry
+            elif done_ns:
                 wait = self.interval_s - (self.clock.now_ns() - done_ns) / 1e9
             else:  # never pruned: soon after start, not a whole interval later
                 wait = min(60.0, self.interval_s)
@@ -228,11 +231,10 @@ class PruneService:
             await trio.sleep(max(1.0, wait))
             try:
                 await trio.to_thread.run_sync(self.run_now)
+                retry = None
             except Exception as exc:  # recorded for status; the schedule goes on
                 log.warning("scheduled prune failed: %s", exc)
-                # try again in an hour rather than a whole interval
-                self.last = {**(self.last or {}), "time_ns": self.clock.now_ns()
-                             - int(max(0.0, self.interval_s - 3600) * 1e9)}  # fmt: skip
+                retry = min(3600.0, self.interval_s)  # again in an hour, not an interval
 
     def status(self) -> dict[str, Any]:
         last = self.last or {}

@@ -1,9 +1,11 @@
 """Bearer tokens: who may reach which namespaces, and whether they may delete.
 
-The tokens file is JSON, `{"tokens": {<token>: {"role": "tool"|"admin",
-"namespaces": [..] | "*"}}}`. A key may also be written `sha256:<hex>` (the SHA-256 of the
-token) so the file need not hold the secret itself. Tokens are looked up by their SHA-256,
-which keeps the comparison independent of how much of a guess matches.
+The tokens file is JSON, `{"tokens": {<token>: {"role": "tool"|"admin"|"replicate",
+"namespaces": [..] | "*"}}}`. A `replicate` token is what an HA server uses to push to its
+peer: it reads and writes (append-only, like a tool) every namespace it names and may list
+namespaces, but may not delete or replace. A key may also be written `sha256:<hex>` (the
+SHA-256 of the token) so the file need not hold the secret itself. Tokens are looked up by
+their SHA-256, which keeps the comparison independent of how much of a guess matches.
 
 The file is re-read when its modification time changes, so an admin can add a tool without
 restarting the server; a broken edit is logged and the previous table stays in force.
@@ -26,18 +28,25 @@ from remote import names
 log = logging.getLogger(__name__)
 
 
+ROLES = ("tool", "admin", "replicate")
+
+
 class TokenFileError(Exception):
     """The tokens file cannot be read or does not have the documented shape."""
 
 
 @dataclass(frozen=True)
 class Grant:
-    role: str  # "tool" or "admin"
+    role: str  # "tool", "admin" or "replicate"
     namespaces: frozenset[str] | None  # lower-cased; None means every namespace
 
     @property
     def is_admin(self) -> bool:
         return self.role == "admin"
+
+    @property
+    def may_replicate(self) -> bool:
+        return self.role == "replicate"
 
     def reaches(self, namespace: str) -> bool:
         return self.namespaces is None or names.namespace_dir(namespace) in self.namespaces
@@ -57,8 +66,8 @@ def parse_tokens(doc: Any) -> dict[str, Grant]:
         if not isinstance(spec, dict):
             raise TokenFileError(f"{where}: expected an object")
         role = spec.get("role")
-        if role not in ("tool", "admin"):
-            raise TokenFileError(f'{where}: role must be "tool" or "admin"')
+        if role not in ROLES:
+            raise TokenFileError(f'{where}: role must be "tool", "admin" or "replicate"')
         spaces = spec.get("namespaces")
         grant_ns: frozenset[str] | None
         if spaces == "*":
@@ -91,14 +100,41 @@ def load_tokens(path: Path) -> dict[str, Grant]:
 def create_default(path: Path) -> str:
     """Write a tokens file with one fresh admin token (for a loopback demo). Returns it."""
     token = secrets.token_urlsafe(32)
-    doc = {"tokens": {token: {"role": "admin", "namespaces": "*"}}}
+    _write_atomically(path, {"tokens": {token: {"role": "admin", "namespaces": "*"}}})
+    return token
+
+
+def add_token(path: Path, role: str, namespaces: list[str] | str) -> str:
+    """Create a fresh token with `role` over `namespaces`; store only its SHA-256. Returns it.
+
+    The file is rewritten atomically (temp file, fsync, rename), so a running server that
+    re-reads it on change never sees half a file; an absent file is created.
+    """
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    doc: Any = {"tokens": {}}
+    if path.exists():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise TokenFileError(f"cannot read tokens file {path}: {exc}") from exc
+        parse_tokens(doc)  # refuse to extend a file that is already broken
+    token = secrets.token_urlsafe(32)
+    doc["tokens"]["sha256:" + _digest(token)] = {"role": role, "namespaces": namespaces}
+    parse_tokens(doc)
+    _write_atomically(path, doc)
+    return token
+
+
+def _write_atomically(path: Path, doc: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=2)
         f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    return token
 
 
 class TokenTable:

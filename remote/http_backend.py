@@ -1,21 +1,26 @@
-"""`HttpBackend`: the client of dpmsfs-server, with failover across the HA pair.
+"""`HttpBackend`: the v2 client of dpmsfs-server, with failover across the HA pair.
 
 One `requests.Session` (pooled keep-alive connections) serves every URL. A call goes first to
 the URL that last worked; on a connection failure, timeout or temporary status (5xx, 429,
 507, 408) it tries the next URL, and the one that answers becomes the new first choice. If
 every URL fails, the call raises `TemporaryRemoteError`, which the `Retrier` retries with
-backoff until its deadline. Downloads are checked against the server's `X-Content-Hash`.
+backoff until its deadline. `server_id()` names the server answering now (from its health
+document), so the sync layer can notice a failover and re-check what that server holds.
 
-`missing` asks the server to re-hash objects it claims to hold (`?verify=1`) unless
-`verify_missing=False`: dedup must never skip an upload on the word of a corrupt copy, and
-the cost is proportional to the dedup hits of one sync, not to the size of the store.
+Every downloaded frame is verified here (it decodes and its plain content hashes to the id
+asked for; `IntegrityError` otherwise), whatever the server said. Uploads are batched (at
+most UPLOAD_BATCH_BYTES of frames per request) and may be throttled by a token bucket
+(`bandwidth` bytes/s) shared by every request of this backend.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Sequence
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import requests
@@ -25,22 +30,50 @@ from remote import hashing, names
 from remote.backend import Keys
 from remote.errors import (
     IntegrityError,
-    NotFoundError,
     PermanentRemoteError,
     RemoteError,
     TemporaryRemoteError,
     error_for_status,
     is_temporary_status,
 )
+from remote.frames import BadFrameError, inspect_frame, is_digest
 from remote.retry import Retrier
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# Keys per `objects:missing` request. With `verify=1` the server re-reads every key it holds,
-# so batches stay small enough (~1000 chunks) to answer well within the read timeout.
-MISSING_BATCH = 10_000
-MISSING_BATCH_VERIFIED = 1_000
+# The server re-hashes every blob it reports present, so `missing` batches stay small enough
+# (~1000 chunks) to answer well within the read timeout.
+MISSING_BATCH = 1_000
+DOWNLOAD_BATCH = 256
+UPLOAD_BATCH_BYTES = 32 << 20
+UPLOAD_BATCH_RECORDS = 2_000
+RECORD = struct.Struct(">16s32sI")
+ABSENT = 0xFFFFFFFF
+
+
+class TokenBucket:
+    """A bandwidth limit in bytes/s, shared by threads; bursts up to one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0:
+            raise ValueError("bandwidth must be positive")
+        self.rate = rate
+        self._clock = clock
+        self._tokens = rate
+        self._last = clock()
+        self._lock = threading.Lock()
+
+    def take(self, n: int, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Block until `n` bytes may be sent (n may exceed the burst: it then waits longer)."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.rate, self._tokens + (now - self._last) * self.rate)
+            self._last = now
+            self._tokens -= n
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        if wait > 0:
+            sleep(wait)
 
 
 class HttpBackend:
@@ -52,12 +85,13 @@ class HttpBackend:
         timeout: float | tuple[float, float] = (5.0, 60.0),
         *,
         retrier: Retrier | None = None,
-        verify_missing: bool = True,
         tls_verify: bool | str = True,
         pool_size: int = 8,
+        bandwidth: float | None = None,
     ) -> None:
         """`urls` are server base URLs (e.g. `https://srv1:8765`); `tls_verify` may name a
-        CA bundle for a private certificate authority."""
+        CA bundle for a private certificate authority; `bandwidth` limits upload and
+        download bytes per second (None: unlimited)."""
         if not urls:
             raise ValueError("need at least one server URL")
         if not names.is_namespace(namespace):
@@ -65,12 +99,13 @@ class HttpBackend:
         self.urls = [u.rstrip("/") for u in urls]
         self.namespace = namespace
         self.timeout = timeout
-        self.verify_missing = verify_missing
+        self._bucket = TokenBucket(bandwidth) if bandwidth else None
+        self._server_ids: dict[int, str] = {}
         self._retrier = retrier or Retrier()
         self._active = 0
         self._session = requests.Session()
         self._session.headers["Authorization"] = f"Bearer {token}"
-        self._session.headers["User-Agent"] = "dpmsfs-remote/0.1"
+        self._session.headers["User-Agent"] = "dpmsfs-remote/0.2"
         # Passed per request: a session-level `verify` loses to REQUESTS_CA_BUNDLE in requests.
         self.tls_verify = tls_verify
         adapter = HTTPAdapter(pool_connections=len(self.urls), pool_maxsize=pool_size)
@@ -133,48 +168,144 @@ class HttpBackend:
         return self._retrier.call(fn, what)
 
     def _ns(self, suffix: str) -> str:
-        return f"/v1/{self.namespace}/{suffix}"
+        return f"/v2/{self.namespace}/{suffix}"
 
-    # -- objects -------------------------------------------------------------------------
+    def _throttle(self, n: int) -> None:
+        if self._bucket is not None and n:
+            self._bucket.take(n)
 
-    def save(self, key: str, data: bytes) -> None:
-        _check_key(key)
-        headers = {hashing.HEADER: hashing.header_value(hashing.hexdigest(data))}
-        path = self._ns(f"objects/{key}")
-        self._retry(
-            f"save {key}",
-            lambda: self._call(f"save {key}", "PUT", path, (200, 201), data=data, headers=headers),
-        )
+    # -- server identity -----------------------------------------------------------------
 
-    def load(self, key: str) -> bytes:
-        _check_key(key)
-        path = self._ns(f"objects/{key}")
-        return self._retry(f"load {key}", lambda: self._download(f"load {key}", path))
+    def server_id(self) -> str:
+        """The id of the server that answers now (asked once per URL, then remembered)."""
 
-    def exists(self, key: str) -> bool:
-        _check_key(key)
-        path = self._ns(f"objects/{key}")
+        def ask() -> str:
+            resp = self._call("health", "GET", "/v2/health", (200,))
+            doc = _json(resp)
+            sid = doc.get("server_id") if isinstance(doc, dict) else None
+            if not isinstance(sid, str) or not sid:
+                raise PermanentRemoteError("server health has no server_id")
+            self._server_ids[self._active] = sid
+            return sid
+
+        known = self._server_ids.get(self._active)
+        return known if known is not None else self._retry("server_id", ask)
+
+    def health(self) -> bool:
+        """Whether any server answers its health check (no retry, for status displays)."""
         try:
-            self._retry(f"exists {key}", lambda: self._call("exists", "HEAD", path, (200,)))
-        except NotFoundError:
+            self._call("health", "GET", "/v2/health", (200,))
+        except RemoteError:
             return False
         return True
 
-    def missing(self, keys: Sequence[str]) -> Keys:
-        for key in keys:
-            _check_key(key)
-        params = {"verify": "1"} if self.verify_missing else {}
+    # -- objects -------------------------------------------------------------------------
+
+    def missing(self, objects: Sequence[tuple[str, str | None]]) -> Keys:
+        for id, digest in objects:
+            _check_id(id)
+            if digest is not None:
+                _check_digest(digest)
         path = self._ns("objects:missing")
         result: Keys = []
-        step = MISSING_BATCH_VERIFIED if self.verify_missing else MISSING_BATCH
-        for start in range(0, len(keys), step):
-            batch = list(keys[start : start + step])
-            ask = functools.partial(
-                self._call, "missing", "POST", path, (200,), json=batch, params=params
-            )
-            resp = self._retry("missing", ask)
-            result.extend(_json(resp)["missing"])
+        for start in range(0, len(objects), MISSING_BATCH):
+            body = {
+                "objects": [
+                    {"id": id, "sha256": digest}
+                    for id, digest in objects[start : start + MISSING_BATCH]
+                ]
+            }
+            ask = functools.partial(self._call, "missing", "POST", path, (200,), json=body)
+            result.extend(_json(self._retry("missing", ask))["missing"])
         return result
+
+    def upload(self, records: Sequence[tuple[str, str, bytes]]) -> dict[str, str]:
+        for id, digest, _frame in records:
+            _check_id(id)
+            _check_digest(digest)
+        results: dict[str, str] = {}
+        batch: list[tuple[str, str, bytes]] = []
+        size = 0
+        for record in records:
+            if batch and (
+                size + len(record[2]) > UPLOAD_BATCH_BYTES or len(batch) >= UPLOAD_BATCH_RECORDS
+            ):
+                results.update(self._upload_batch(batch))
+                batch, size = [], 0
+            batch.append(record)
+            size += len(record[2])
+        if batch:
+            results.update(self._upload_batch(batch))
+        return results
+
+    def _upload_batch(self, batch: Sequence[tuple[str, str, bytes]]) -> dict[str, str]:
+        parts: list[bytes] = []
+        for id, digest, frame in batch:
+            parts.append(RECORD.pack(bytes.fromhex(id), bytes.fromhex(digest), len(frame)))
+            parts.append(bytes(frame))
+        body = b"".join(parts)
+        path = self._ns("objects:upload")
+        headers = {"Content-Type": "application/octet-stream"}
+
+        def send() -> requests.Response:
+            self._throttle(len(body))
+            return self._call("upload", "POST", path, (200,), data=body, headers=headers)
+
+        doc = _json(self._retry(f"upload of {len(batch)} objects", send))
+        try:
+            return {str(r["id"]): str(r["status"]) for r in doc["results"]}
+        except (KeyError, TypeError) as exc:
+            raise PermanentRemoteError(f"upload answer malformed: {exc}") from exc
+
+    def load(self, id: str) -> bytes:
+        _check_id(id)
+        path = self._ns(f"objects/{id}")
+
+        def fetch() -> bytes:
+            resp = self._call(f"load {id}", "GET", path, (200,))
+            frame = resp.content
+            self._throttle(len(frame))
+            _verify_frame(id, frame)
+            return frame
+
+        return self._retry(f"load {id}", fetch)
+
+    def load_many(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        for id in ids:
+            _check_id(id)
+        for start in range(0, len(ids), DOWNLOAD_BATCH):
+            batch = list(ids[start : start + DOWNLOAD_BATCH])
+            fetch = functools.partial(self._download_batch, batch)
+            yield from self._retry(f"download of {len(batch)} objects", fetch)
+
+    def _download_batch(self, ids: list[str]) -> list[tuple[str, bytes | None]]:
+        """One objects:download request, read as a stream and verified record by record.
+
+        Returned whole (not yielded) so a retry after a broken stream starts the batch
+        again instead of handing the caller some records twice.
+        """
+        path = self._ns("objects:download")
+        resp = self._call("download", "POST", path, (200,), json={"ids": ids}, stream=True)
+        out: list[tuple[str, bytes | None]] = []
+        try:
+            raw = resp.raw
+            for want in ids:
+                head = _read_exactly(raw, RECORD.size)
+                got_id, _sha, size = RECORD.unpack(head)
+                if got_id.hex() != want:
+                    raise IntegrityError(f"download: expected {want}, server sent {got_id.hex()}")
+                if size == ABSENT:
+                    out.append((want, None))
+                    continue
+                frame = _read_exactly(raw, size)
+                self._throttle(size)
+                _verify_frame(want, frame)
+                out.append((want, frame))
+        except (requests.RequestException, OSError) as exc:
+            raise TemporaryRemoteError(f"download stream broke: {exc}") from exc
+        finally:
+            resp.close()
+        return out
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:
         params: dict[str, str | int] = {"after": after, "limit": limit}
@@ -184,10 +315,10 @@ class HttpBackend:
         keys: Keys = _json(resp)["keys"]
         return keys
 
-    def delete(self, key: str) -> None:
-        _check_key(key)
-        path = self._ns(f"objects/{key}")
-        self._retry(f"delete {key}", lambda: self._call("delete", "DELETE", path, (200,)))
+    def delete(self, id: str) -> None:
+        _check_id(id)
+        path = self._ns(f"objects/{id}")
+        self._retry(f"delete {id}", lambda: self._call("delete", "DELETE", path, (200,)))
 
     # -- refs ----------------------------------------------------------------------------
 
@@ -203,7 +334,7 @@ class HttpBackend:
     def get_ref(self, name: str) -> bytes:
         _check_ref(name)
         path = self._ns(f"refs/{name}")
-        return self._retry(f"get_ref {name}", lambda: self._download(f"get_ref {name}", path))
+        return self._retry(f"get_ref {name}", lambda: self._download_ref(f"get_ref {name}", path))
 
     def list_refs(self) -> Keys:
         resp = self._retry(
@@ -217,22 +348,22 @@ class HttpBackend:
         path = self._ns(f"refs/{name}")
         self._retry(f"delete_ref {name}", lambda: self._call("delete_ref", "DELETE", path, (200,)))
 
-    # -- monitoring ----------------------------------------------------------------------
+    # -- monitoring and admin ------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
         resp = self._retry("stats", lambda: self._call("stats", "GET", self._ns("stats"), (200,)))
         stats: dict[str, int] = _json(resp)
         return stats
 
-    def health(self) -> bool:
-        """Whether any server answers its health check (no retry, for status displays)."""
-        try:
-            self._call("health", "GET", "/v1/health", (200,))
-        except RemoteError:
-            return False
-        return True
+    def namespaces(self) -> Keys:
+        """Every namespace on the server (admin or replicate token)."""
+        resp = self._retry(
+            "namespaces", lambda: self._call("namespaces", "GET", "/v2/namespaces", (200,))
+        )
+        spaces: Keys = _json(resp)["namespaces"]
+        return spaces
 
-    def _download(self, what: str, path: str) -> bytes:
+    def _download_ref(self, what: str, path: str) -> bytes:
         resp = self._call(what, "GET", path, (200,))
         body = resp.content
         announced = hashing.parse_header(resp.headers.get(hashing.HEADER))
@@ -242,6 +373,27 @@ class HttpBackend:
         if actual != announced:
             raise IntegrityError(f"{what}: body hashes to {actual}, server announced {announced}")
         return body
+
+
+def _read_exactly(raw: Any, n: int) -> bytes:
+    parts: list[bytes] = []
+    left = n
+    while left > 0:
+        piece = raw.read(min(left, 1 << 20))
+        if not piece:
+            raise TemporaryRemoteError(f"download stream ended {left} bytes early")
+        parts.append(piece)
+        left -= len(piece)
+    return b"".join(parts)
+
+
+def _verify_frame(id: str, frame: bytes) -> None:
+    try:
+        found = inspect_frame(frame)
+    except BadFrameError as exc:
+        raise IntegrityError(f"object {id}: frame does not decode: {exc}") from exc
+    if found.id != id:
+        raise IntegrityError(f"object {id}: plain content hashes to {found.id}")
 
 
 def _message(resp: requests.Response) -> str:
@@ -261,9 +413,14 @@ def _json(resp: requests.Response) -> Any:
         raise PermanentRemoteError(f"server sent invalid JSON: {exc}") from exc
 
 
-def _check_key(key: str) -> None:
-    if not names.is_key(key):
-        raise ValueError(f"invalid key {key!r}: need 32 lower-case hex digits")
+def _check_id(id: str) -> None:
+    if not names.is_key(id):
+        raise ValueError(f"invalid object id {id!r}: need 32 lower-case hex digits")
+
+
+def _check_digest(digest: str) -> None:
+    if not is_digest(digest):
+        raise ValueError(f"invalid sha256 {digest!r}: need 64 lower-case hex digits")
 
 
 def _check_ref(name: str) -> None:

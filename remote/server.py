@@ -1,42 +1,61 @@
-"""The HTTP front of the server: routing, auth, limits and status codes over `DiskStore`.
+"""The HTTP front of the server: a framework-free ASGI app over the blocking `DiskStore`.
 
-Pure standard library (`http.server`, threads), so the same file runs on the Windows pair
-and on Linux. Every error is a JSON body `{"error": <code>, "message": <text>}`; the full
-contract is docs/remote-api.md. Names from the URL are never percent-decoded: a valid name
-needs no escapes, so an escaped one fails validation before it can reach a path.
+Routing, auth, limits and status codes live here; the store calls run in a thread pool so
+the event loop keeps serving other connections while one request hashes or fsyncs. The ASGI
+server underneath (uvicorn, see server_main and docs/design.md for the measured choice)
+only parses HTTP and does TLS, so the app also runs under hypercorn or granian.
+
+Contract: docs/remote-api.md. Every error is a JSON body `{"error": <code>, "message":
+<text>}`. Names come from `raw_path` and are never percent-decoded: a valid name needs no
+escapes, so an escaped one fails validation before it can reach a path. Bodies are
+streamed: an upload batch (up to 256 MiB) is parsed record by record and never held
+whole; at most one frame per request is in memory, because it must be decoded and hashed
+before it may be stored. A refused body is drained (up to DRAIN_LIMIT) before the answer,
+so the client reads our error and not a connection reset; a larger one closes the
+connection after the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import logging
-import os
-import socket
-import socketserver
-import ssl
-from dataclasses import dataclass
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any
+import sqlite3
+import struct
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from remote import auth, hashing, names, objfile
-from remote.store import DiskStore
+from remote.frames import is_digest
+from remote.store import Accepted, DiskStore
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "v1"
-SERVER_VERSION = "dpmsfs-server/0.1"
+API_VERSION = "v2"
+SERVER_VERSION = "dpmsfs-server/0.2"
 DEFAULT_MAX_OBJECT_SIZE = 64 << 20
+MAX_UPLOAD_BODY = 256 << 20
 MAX_REF_SIZE = 1 << 20
 MAX_JSON_SIZE = 16 << 20
-MAX_MISSING_KEYS = 100_000
+MAX_MISSING = 10_000
+MAX_DOWNLOAD = 1_000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1_000
 DRAIN_LIMIT = 256 << 20  # refused bodies up to this size are read and dropped, not reset
+RECORD = struct.Struct(">16s32sI")  # id, sha256, frame length: upload and download records
+ABSENT = 0xFFFFFFFF  # download record length of an id the server lacks
 _DISK_FULL_WINERRORS = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
+_PIECE = 1 << 20
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -52,240 +71,223 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    store: DiskStore
-    tokens: auth.TokenTable
-    max_object_size: int = DEFAULT_MAX_OBJECT_SIZE
+class ClientGone(Exception):
+    """The client disconnected or sent fewer body bytes than it announced."""
 
 
-def is_disk_full(exc: OSError) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc)
+    if not isinstance(exc, OSError):
+        return False
     return exc.errno in (errno.ENOSPC, errno.EDQUOT) or (
         getattr(exc, "winerror", None) in _DISK_FULL_WINERRORS
     )
 
 
-class ApiServer(ThreadingHTTPServer):
-    """Thread per connection; TLS handshakes happen in the connection's thread."""
+class Body:
+    """The request body as a stream of exact reads, over ASGI `http.request` messages."""
 
-    daemon_threads = True
-    request_queue_size = 64
-    # On Windows SO_REUSEADDR lets a second process bind the same port; never want that.
-    allow_reuse_address = os.name != "nt"
+    def __init__(self, receive: Receive, length: int | None) -> None:
+        self._receive = receive
+        self.length = length  # declared Content-Length (None: none declared)
+        self._buf = bytearray()
+        self._more = True
+        self.consumed = 0
+
+    @property
+    def done(self) -> bool:
+        return not self._more and not self._buf
+
+    async def _pull(self) -> None:
+        msg = await self._receive()
+        if msg["type"] == "http.disconnect":
+            self._more = False
+            raise ClientGone("client disconnected")
+        self._buf += msg.get("body", b"")
+        self._more = bool(msg.get("more_body", False))
+
+    async def read(self, n: int) -> bytes:
+        """Exactly `n` bytes, or ClientGone if the body ends first."""
+        while len(self._buf) < n and self._more:
+            await self._pull()
+        if len(self._buf) < n:
+            raise ClientGone(f"body ended {n - len(self._buf)} bytes early")
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.consumed += n
+        return out
+
+    async def read_all(self) -> bytes:
+        assert self.length is not None
+        return await self.read(self.length)
+
+    async def drain(self, limit: int) -> bool:
+        """Read and drop the rest (if at most `limit` bytes are declared); True if done."""
+        if self.done:
+            return True
+        if self.length is None or self.length - self.consumed > limit:
+            return False
+        try:
+            while self._more:
+                self._buf.clear()
+                await self._pull()
+        except ClientGone:
+            return False
+        self._buf.clear()
+        return True
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Body
+    close: bool = False  # answer with Connection: close (unread body, broken stream)
+    answered: bool = field(default=False)
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+class App:
+    """The ASGI application. `replication` (optional) reports the peer section of health."""
 
     def __init__(
         self,
-        address: tuple[str, int],
-        config: ServerConfig,
-        ssl_context: ssl.SSLContext | None = None,
+        store: DiskStore,
+        tokens: auth.TokenTable,
+        max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
+        *,
+        workers: int = 16,
+        replication: Callable[[], dict[str, Any] | None] | None = None,
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        self.config = config
-        self.ssl_context = ssl_context
-        super().__init__(address, Handler)
+        self.store = store
+        self.tokens = tokens
+        self.max_object_size = max_object_size
+        self.replication = replication
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind does a reverse DNS lookup (getfqdn) that can stall for
-        # seconds on an isolated Windows host; the name is only used in CGI variables.
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name = str(host)
-        self.server_port = int(port)
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True)
 
-    def get_request(self) -> tuple[Any, Any]:
-        sock, addr = super().get_request()
-        if self.ssl_context is not None:
-            sock = self.ssl_context.wrap_socket(
-                sock, server_side=True, do_handshake_on_connect=False
-            )
-        return sock, addr
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, fn, *args)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # socketserver prints a traceback to stderr by default; a dropped client is not news.
-        log.info("connection from %s ended with an error", client_address, exc_info=True)
+    # -- ASGI entry ----------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        scheme = "https" if self.ssl_context else "http"
-        return f"{scheme}://{host!s}:{port}"
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = SERVER_VERSION
-    timeout = 120  # seconds a connection may sit idle or stall mid-body
-    server: ApiServer
-
-    # -- plumbing ------------------------------------------------------------------------
-
-    def setup(self) -> None:
-        super().setup()
-        if isinstance(self.connection, ssl.SSLSocket):
-            self.connection.do_handshake()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def log_error(self, format: str, *args: Any) -> None:
-        log.info("%s " + format, self.address_string(), *args)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Used by http.server itself (bad request line, unknown method): answer in JSON."""
-        self.close_connection = True
-        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "error"
-        self._send_json(
-            code, {"error": phrase.lower().replace(" ", "_"), "message": message or phrase}
-        )
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
-
-    def _dispatch(self, method: str) -> None:
-        self._body_read = False
-        try:
-            self._route(method)
-        except ApiError as exc:
-            self._send_json(exc.status, {"error": exc.code, "message": exc.message}, exc.headers)
-        except (objfile.ShortBody, TimeoutError, ConnectionError) as exc:
-            log.info("%s: upload aborted: %s", self.address_string(), exc)
-            self._body_read = True
-            self.close_connection = True
-        except OSError as exc:
-            if is_disk_full(exc):
-                log.error("disk full while storing %s: %s", self.path, exc)
-                self._send_json(507, {"error": "insufficient_storage", "message": "disk full"})
-            else:
-                log.exception("I/O error on %s %s", method, self.path)
-                self._send_json(500, {"error": "io_error", "message": str(exc.strerror or exc)})
-        except Exception:
-            log.exception("internal error on %s %s", method, self.path)
-            self._send_json(500, {"error": "internal", "message": "internal server error"})
-        finally:
-            if self._has_unread_body():
-                self._drain_or_close()
-
-    def _has_unread_body(self) -> bool:
-        if getattr(self, "_body_read", True) or self.headers is None:
-            return False
-        return (
-            self.headers.get("Content-Length", "0").strip() not in ("", "0")
-            or "Transfer-Encoding" in self.headers
-        )
-
-    def _drainable(self) -> bool:
-        raw = self.headers.get("Content-Length", "")
-        return "Transfer-Encoding" not in self.headers and raw.isdigit() and int(raw) <= DRAIN_LIMIT
-
-    def _drain_or_close(self) -> None:
-        """Read and drop a body we refused, so the client sees our answer, not a reset.
-
-        Closing a socket with unread data makes the kernel send RST, which can destroy the
-        error response (413, 401, ...) before the client reads it; a client that then sees a
-        connection error would retry a request that can never succeed.
-        """
-        self._body_read = True
-        if not self._drainable():
-            self.close_connection = True
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
             return
-        remaining = int(self.headers["Content-Length"])
+        if scope["type"] != "http":
+            return
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers", []):
+            headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
+        raw_path = scope.get("raw_path") or scope["path"].encode("utf-8")
+        path = raw_path.decode("latin-1").partition("?")[0]
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        length = _declared_length(headers)
+        req = Request(scope["method"], path, query, headers, Body(receive, length))
         try:
-            while remaining > 0:
-                piece = self.rfile.read(min(remaining, 1 << 20))
-                if not piece:
-                    break
-                remaining -= len(piece)
-        except OSError:
-            remaining = 1
-        if remaining:
-            self.close_connection = True
+            await self._route(req, send)
+        except ApiError as exc:
+            await self._fail(req, send, exc.status, exc.code, exc.message, exc.headers)
+        except ClientGone as exc:
+            log.info("%s %s: request aborted: %s", req.method, req.path, exc)
+        except Exception as exc:
+            if is_disk_full(exc):
+                log.error("disk full on %s %s: %s", req.method, req.path, exc)
+                await self._fail(req, send, 507, "insufficient_storage", "disk full")
+            elif isinstance(exc, OSError):
+                log.exception("I/O error on %s %s", req.method, req.path)
+                await self._fail(req, send, 500, "io_error", str(exc.strerror or exc))
+            else:
+                log.exception("internal error on %s %s", req.method, req.path)
+                await self._fail(req, send, 500, "internal", "internal server error")
 
-    def _send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj).encode("utf-8")
-        self._send_bytes(status, body, "application/json", headers)
-
-    def _send_bytes(
-        self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None
+    async def _fail(
+        self,
+        req: Request,
+        send: Send,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
     ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self._has_unread_body() and not self._drainable():
-            self.close_connection = True  # an unread body would be parsed as a request
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        if req.answered:
+            return  # a streamed answer broke off: the client sees a short body
+        if not await req.body.drain(DRAIN_LIMIT):
+            req.close = True
+        await self._send_json(req, send, status, {"error": code, "message": message}, headers)
+
+    # -- answers -------------------------------------------------------------------------
+
+    async def _send_json(
+        self, req: Request, send: Send, status: int, obj: Any, headers: dict[str, str] | None = None
+    ) -> None:
+        body = json.dumps(obj).encode("utf-8")
+        await self._send_bytes(req, send, status, body, "application/json", headers)
+
+    async def _send_bytes(
+        self,
+        req: Request,
+        send: Send,
+        status: int,
+        body: bytes,
+        ctype: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        if not req.body.done and not req.close:
+            req.close = not await req.body.drain(DRAIN_LIMIT)
+        out = [
+            (b"content-type", ctype.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"server", SERVER_VERSION.encode()),
+        ]
+        out += [(k.lower().encode(), v.encode("latin-1")) for k, v in (headers or {}).items()]
+        if req.close:
+            out.append((b"connection", b"close"))
+        req.answered = True
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        payload = b"" if req.method == "HEAD" else body
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     # -- request parts -------------------------------------------------------------------
 
-    def _grant(self) -> auth.Grant:
-        value = self.headers.get("Authorization", "")
+    def _grant(self, req: Request) -> auth.Grant:
+        value = req.header("authorization") or ""
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise ApiError(
                 401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"}
             )
-        grant = self.server.config.tokens.lookup(token.strip())
+        grant = self.tokens.lookup(token.strip())
         if grant is None:
             raise ApiError(401, "unauthorized", "unknown token", {"WWW-Authenticate": "Bearer"})
         return grant
 
-    def _length(self, limit: int) -> int:
-        if "Transfer-Encoding" in self.headers:
+    def _length(self, req: Request, limit: int) -> int:
+        if req.header("transfer-encoding") is not None:
+            req.close = True
             raise ApiError(411, "length_required", "chunked bodies are not accepted")
-        raw = self.headers.get("Content-Length")
+        raw = req.header("content-length")
         if raw is None:
             raise ApiError(411, "length_required", "Content-Length is required")
-        if not raw.isdigit():
+        if req.body.length is None:
+            req.close = True
             raise ApiError(400, "bad_length", "Content-Length is not a number")
-        length = int(raw)
-        if length > limit:
-            raise ApiError(413, "too_large", f"body of {length} bytes exceeds limit {limit}")
-        return length
+        if req.body.length > limit:
+            raise ApiError(413, "too_large", f"body of {req.body.length} bytes exceeds {limit}")
+        return req.body.length
 
-    def _receive(self, limit: int) -> tuple[Path, str]:
-        claimed = hashing.parse_header(self.headers.get(hashing.HEADER))
-        if claimed is None:
-            raise ApiError(400, "bad_hash_header", f"{hashing.HEADER}: xxh3-128:<32 hex> needed")
-        length = self._length(limit)
-        store = self.server.config.store
-        try:
-            result = objfile.receive(store.tmp_dir, self.rfile.read, length, claimed)
-        except objfile.BodyMismatch as exc:
-            self._body_read = True  # mismatch is only known once the whole body is in
-            raise ApiError(422, "hash_mismatch", str(exc)) from exc
-        except BaseException:
-            # Stopped somewhere inside the body (e.g. ENOSPC): the stream position is
-            # unknown, so this connection cannot carry another request.
-            self._body_read = True
-            self.close_connection = True
-            raise
-        self._body_read = True
-        return result
-
-    def _json_body(self) -> Any:
-        length = self._length(MAX_JSON_SIZE)
-        raw = self.rfile.read(length)
-        self._body_read = True
-        if len(raw) != length:
-            raise objfile.ShortBody("JSON body ended early")
+    async def _json_body(self, req: Request) -> Any:
+        self._length(req, MAX_JSON_SIZE)
+        raw = await req.body.read_all()
         try:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -293,155 +295,263 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- routing -------------------------------------------------------------------------
 
-    def _route(self, method: str) -> None:
-        path, _, query = self.path.partition("?")
-        parts = path.split("/")
+    async def _route(self, req: Request, send: Send) -> None:
+        parts = req.path.split("/")
         if len(parts) < 3 or parts[0] != "" or parts[1] != API_VERSION:
             raise ApiError(404, "not_found", "unknown path")
         rest = parts[2:]
         if rest == ["health"]:
-            self._only(method, "GET", "HEAD")
-            self._send_json(200, {"status": "ok", "server": SERVER_VERSION})
+            _only(req, "GET", "HEAD")
+            peer = self.replication() if self.replication else None
+            health = {
+                "status": "ok",
+                "server": SERVER_VERSION,
+                "server_id": self.store.server_id,
+                "peer": peer,
+            }
+            await self._send_json(req, send, 200, health)
             return
-        grant = self._grant()
+        grant = self._grant(req)
+        if rest in (["namespaces"], ["replication"]):
+            _only(req, "GET")
+            if not (grant.is_admin or grant.may_replicate):
+                raise ApiError(403, "forbidden", "needs an admin or replicate token")
+            doc: dict[str, Any]
+            if rest == ["namespaces"]:
+                doc = {"namespaces": await self._run(self.store.namespaces)}
+            else:
+                doc = {"peer": self.replication() if self.replication else None}
+            await self._send_json(req, send, 200, doc)
+            return
         ns = rest[0]
         if not names.is_namespace(ns):
             raise ApiError(400, "bad_namespace", "namespace must match [A-Za-z0-9._-]{1,64}")
         if not grant.reaches(ns):
             raise ApiError(403, "forbidden", f"token may not use namespace {ns}")
-        params = parse_qs(query, keep_blank_values=True)
         tail = rest[1:]
         if tail == ["objects:missing"]:
-            self._only(method, "POST")
-            self._missing(ns, _flag(params, "verify"))
+            _only(req, "POST")
+            await self._missing(req, send, ns)
+        elif tail == ["objects:upload"]:
+            _only(req, "POST")
+            await self._upload(req, send, ns)
+        elif tail == ["objects:download"]:
+            _only(req, "POST")
+            await self._download(req, send, ns)
         elif tail == ["objects"]:
-            self._only(method, "GET")
-            self._list_objects(ns, params)
+            _only(req, "GET")
+            await self._list_objects(req, send, ns)
         elif len(tail) == 2 and tail[0] == "objects":
             if not names.is_key(tail[1]):
-                raise ApiError(400, "bad_key", "key must be 32 lower-case hex digits")
-            self._object(method, grant, ns, tail[1])
+                raise ApiError(400, "bad_id", "object id must be 32 lower-case hex digits")
+            await self._object(req, send, grant, ns, tail[1])
         elif tail == ["refs"]:
-            self._only(method, "GET")
-            self._send_json(200, {"refs": self.server.config.store.list_refs(ns)})
+            _only(req, "GET")
+            await self._send_json(req, send, 200, {"refs": self.store.list_refs(ns)})
         elif len(tail) == 2 and tail[0] == "refs":
             if not names.is_ref_name(tail[1]):
                 raise ApiError(400, "bad_ref_name", "ref name must match [A-Za-z0-9._-]{1,100}")
-            self._ref(method, grant, ns, tail[1], _flag(params, "replace"))
+            await self._ref(req, send, grant, ns, tail[1])
         elif tail == ["stats"]:
-            self._only(method, "GET")
-            st = self.server.config.store.stats(ns)
-            self._send_json(200, {"objects": st.objects, "bytes": st.bytes, "refs": st.refs})
+            _only(req, "GET")
+            st = await self._run(self.store.stats, ns)
+            counts = {"objects": st.objects, "bytes": st.bytes, "refs": st.refs}
+            await self._send_json(req, send, 200, counts)
         else:
             raise ApiError(404, "not_found", "unknown path")
 
-    def _only(self, method: str, *allowed: str) -> None:
-        if method not in allowed:
-            raise ApiError(
-                405, "method_not_allowed", f"{method} not allowed", {"Allow": ", ".join(allowed)}
-            )
-
     # -- objects -------------------------------------------------------------------------
 
-    def _object(self, method: str, grant: auth.Grant, ns: str, key: str) -> None:
-        store = self.server.config.store
-        self._only(method, "GET", "HEAD", "PUT", "DELETE")
-        if method == "PUT":
-            tmp, digest = self._receive(self.server.config.max_object_size)
-            created = store.commit_object(ns, key, tmp)
-            status = 201 if created else 200
-            self._send_json(status, {"key": key, "created": created, "hash": digest})
-        elif method == "GET":
-            found = store.read_object(ns, key)
-            if found is None:
-                raise ApiError(404, "not_found", f"no object {key}")
-            body, digest = found
-            headers = {hashing.HEADER: hashing.header_value(digest)}
-            self._send_bytes(200, body, "application/octet-stream", headers)
-        elif method == "HEAD":
-            info = store.object_info(ns, key)
-            if info is None:
-                raise ApiError(404, "not_found", f"no object {key}")
-            digest, length = info
-            self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(length))
-            self.send_header(hashing.HEADER, hashing.header_value(digest))
-            self.end_headers()
-        else:
-            if not grant.is_admin:
-                raise ApiError(403, "forbidden", "only an admin token may delete")
-            if not store.delete_object(ns, key):
-                raise ApiError(404, "not_found", f"no object {key}")
-            self._send_json(200, {"key": key, "deleted": True})
+    async def _missing(self, req: Request, send: Send, ns: str) -> None:
+        doc = await self._json_body(req)
+        entries = doc.get("objects") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise ApiError(400, "bad_json", 'body must be {"objects": [{"id", "sha256"}...]}')
+        if len(entries) > MAX_MISSING:
+            raise ApiError(413, "too_large", f"at most {MAX_MISSING} objects per request")
+        objects: list[tuple[str, str | None]] = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise ApiError(400, "bad_json", "each object must be {id, sha256}")
+            id, digest = entry.get("id"), entry.get("sha256")
+            if not isinstance(id, str) or not names.is_key(id):
+                raise ApiError(400, "bad_id", f"invalid object id {str(id)[:40]!r}")
+            if digest is not None and not (isinstance(digest, str) and is_digest(digest)):
+                raise ApiError(400, "bad_digest", f"invalid sha256 {str(digest)[:70]!r}")
+            objects.append((id, digest))
+        missing = await self._run(self.store.missing, ns, objects)
+        await self._send_json(req, send, 200, {"missing": missing})
 
-    def _missing(self, ns: str, verify: bool) -> None:
-        keys = self._json_body()
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise ApiError(400, "bad_json", "body must be a JSON list of key strings")
-        if len(keys) > MAX_MISSING_KEYS:
-            raise ApiError(413, "too_large", f"at most {MAX_MISSING_KEYS} keys per request")
-        bad = [k for k in keys if not names.is_key(k)]
+    async def _upload(self, req: Request, send: Send, ns: str) -> None:
+        length = self._length(req, MAX_UPLOAD_BODY)
+        results: list[dict[str, str]] = []
+        accepted: list[Accepted] = []
+        try:
+            await self._receive_records(req, ns, length, results, accepted)
+            await self._run(self.store.commit, ns, accepted)
+        except BaseException:
+            await self._run(self.store.discard, accepted)
+            raise
+        await self._send_json(req, send, 200, {"results": results})
+
+    async def _receive_records(
+        self,
+        req: Request,
+        ns: str,
+        length: int,
+        results: list[dict[str, str]],
+        accepted: list[Accepted],
+    ) -> None:
+        body = req.body
+        while body.consumed < length:
+            if length - body.consumed < RECORD.size:
+                raise ApiError(400, "bad_record", "body ends inside a record header")
+            raw_id, raw_sha, size = RECORD.unpack(await body.read(RECORD.size))
+            if size > self.max_object_size:
+                raise ApiError(
+                    413, "too_large", f"frame of {size} bytes exceeds {self.max_object_size}"
+                )
+            if size > length - body.consumed:
+                raise ApiError(400, "bad_record", "record runs past the end of the body")
+            frame = await body.read(size)
+            one = await self._run(self.store.accept, ns, raw_id.hex(), raw_sha.hex(), frame)
+            del frame
+            results.append({"id": raw_id.hex(), "status": one.status})
+            accepted.append(one)
+
+    async def _download(self, req: Request, send: Send, ns: str) -> None:
+        doc = await self._json_body(req)
+        ids = doc.get("ids") if isinstance(doc, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "bad_json", 'body must be {"ids": [...]}')
+        if len(ids) > MAX_DOWNLOAD:
+            raise ApiError(413, "too_large", f"at most {MAX_DOWNLOAD} ids per request")
+        bad = [i for i in ids if not names.is_key(i)]
         if bad:
-            raise ApiError(400, "bad_key", f"invalid keys: {bad[:5]!r}")
-        store = self.server.config.store
-        missing = [k for k in keys if not store.has_object(ns, k, verify)]
-        self._send_json(200, {"missing": missing})
+            raise ApiError(400, "bad_id", f"invalid object ids: {bad[:5]!r}")
+        req.answered = True
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/octet-stream"),
+                (b"server", SERVER_VERSION.encode()),
+            ],
+        }
+        await send(start)
+        for id in ids:
+            found = await self._run(self.store.read_object, ns, id)
+            if found is None:
+                piece = RECORD.pack(bytes.fromhex(id), bytes(32), ABSENT)
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+                continue
+            frame, digest = found
+            head = RECORD.pack(bytes.fromhex(id), bytes.fromhex(digest), len(frame))
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+            view = memoryview(frame)
+            for pos in range(0, len(frame), 4 * _PIECE):
+                chunk = bytes(view[pos : pos + 4 * _PIECE])
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _list_objects(self, ns: str, params: dict[str, list[str]]) -> None:
-        after = params.get("after", [""])[-1]
+    async def _list_objects(self, req: Request, send: Send, ns: str) -> None:
+        after = req.query.get("after", [""])[-1]
         if after and not names.is_key(after):
-            raise ApiError(400, "bad_key", "after must be a key")
-        raw_limit = params.get("limit", [str(DEFAULT_LIST_LIMIT)])[-1]
+            raise ApiError(400, "bad_id", "after must be an object id")
+        raw_limit = req.query.get("limit", [str(DEFAULT_LIST_LIMIT)])[-1]
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIST_LIMIT:
             raise ApiError(400, "bad_limit", f"limit must be 1..{MAX_LIST_LIMIT}")
-        keys, more = self.server.config.store.list_objects(ns, after, int(raw_limit))
-        self._send_json(200, {"keys": keys, "more": more})
+        ids, more = await self._run(self.store.list_objects, ns, after, int(raw_limit))
+        await self._send_json(req, send, 200, {"keys": ids, "more": more})
+
+    async def _object(self, req: Request, send: Send, grant: auth.Grant, ns: str, id: str) -> None:
+        _only(req, "GET", "DELETE")
+        if req.method == "GET":
+            found = await self._run(self.store.read_object, ns, id)
+            if found is None:
+                raise ApiError(404, "not_found", f"no object {id}")
+            frame, digest = found
+            headers = {"X-Content-SHA256": digest}
+            await self._send_bytes(req, send, 200, frame, "application/octet-stream", headers)
+            return
+        if not grant.is_admin:
+            raise ApiError(403, "forbidden", "only an admin token may delete")
+        if not await self._run(self.store.delete_object, ns, id):
+            raise ApiError(404, "not_found", f"no object {id}")
+        await self._send_json(req, send, 200, {"id": id, "deleted": True})
 
     # -- refs ----------------------------------------------------------------------------
 
-    def _ref(self, method: str, grant: auth.Grant, ns: str, name: str, replace: bool) -> None:
-        store = self.server.config.store
-        self._only(method, "GET", "PUT", "DELETE")
-        if method == "GET":
-            found = store.read_ref(ns, name)
+    async def _ref(self, req: Request, send: Send, grant: auth.Grant, ns: str, name: str) -> None:
+        _only(req, "GET", "PUT", "DELETE")
+        store = self.store
+        if req.method == "GET":
+            found = await self._run(store.read_ref, ns, name)
             if found is None:
                 raise ApiError(404, "not_found", f"no ref {name}")
             body, digest = found
             headers = {hashing.HEADER: hashing.header_value(digest)}
-            self._send_bytes(200, body, "application/octet-stream", headers)
-        elif method == "PUT":
+            await self._send_bytes(req, send, 200, body, "application/octet-stream", headers)
+        elif req.method == "PUT":
+            replace = _flag(req.query, "replace")
             if replace and not grant.is_admin:
                 raise ApiError(403, "forbidden", "only an admin token may replace a ref")
-            tmp, digest = self._receive(MAX_REF_SIZE)
+            claimed = hashing.parse_header(req.header(hashing.HEADER))
+            if claimed is None:
+                raise ApiError(
+                    400, "bad_hash_header", f"{hashing.HEADER}: xxh3-128:<32 hex> needed"
+                )
+            self._length(req, MAX_REF_SIZE)
+            data = await req.body.read_all()
+            actual = hashing.hexdigest(data)
+            if actual != claimed:
+                raise ApiError(
+                    422, "hash_mismatch", f"body hashes to {actual}, header says {claimed}"
+                )
+            tmp = await self._run(objfile.write_bytes, store.tmp_dir, data)
             if replace:
-                store.replace_ref(ns, name, tmp)
-                self._send_json(200, {"ref": name, "created": False, "replaced": True})
+                await self._run(store.replace_ref, ns, name, tmp)
+                doc = {"ref": name, "created": False, "replaced": True}
+                await self._send_json(req, send, 200, doc)
                 return
-            outcome = store.create_ref(ns, name, tmp, digest)
+            outcome = await self._run(store.create_ref, ns, name, tmp, actual)
             if outcome == "conflict":
                 raise ApiError(409, "conflict", f"ref {name} exists with different content")
             created = outcome == "created"
-            self._send_json(201 if created else 200, {"ref": name, "created": created})
+            doc2 = {"ref": name, "created": created}
+            await self._send_json(req, send, 201 if created else 200, doc2)
         else:
             if not grant.is_admin:
                 raise ApiError(403, "forbidden", "only an admin token may delete")
-            if not store.delete_ref(ns, name):
+            if not await self._run(store.delete_ref, ns, name):
                 raise ApiError(404, "not_found", f"no ref {name}")
-            self._send_json(200, {"ref": name, "deleted": True})
+            await self._send_json(req, send, 200, {"ref": name, "deleted": True})
+
+
+def _only(req: Request, *allowed: str) -> None:
+    if req.method not in allowed:
+        raise ApiError(
+            405, "method_not_allowed", f"{req.method} not allowed", {"Allow": ", ".join(allowed)}
+        )
 
 
 def _flag(params: dict[str, list[str]], name: str) -> bool:
     return params.get(name, ["0"])[-1].lower() in ("1", "true", "yes")
 
 
-def make_server(
-    address: tuple[str, int],
-    store: DiskStore,
-    tokens: auth.TokenTable,
-    max_object_size: int = DEFAULT_MAX_OBJECT_SIZE,
-    ssl_context: ssl.SSLContext | None = None,
-) -> ApiServer:
-    """Bind a server over a prepared store; raises OSError if the address is unusable."""
-    config = ServerConfig(store=store, tokens=tokens, max_object_size=max_object_size)
-    return ApiServer(address, config, ssl_context)
+def _declared_length(headers: dict[str, str]) -> int | None:
+    raw = headers.get("content-length")
+    if raw is None:
+        return 0 if "transfer-encoding" not in headers else None
+    raw = raw.strip()
+    return int(raw) if raw.isdigit() else None
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,4 +1,8 @@
-"""Command line of `dpmsfs-server`: `serve` (the default) and `verify`.
+"""Command line of `dpmsfs-server`: `serve` (the default), `verify` and `token create`.
+
+`serve` runs the ASGI app (remote.server) under uvicorn on a socket we bind ourselves: port 0
+works (the ready file tells the real port), SO_REUSEADDR is never set on Windows (there it
+would let a second process bind the same port), and TLS uses our own context (TLS >= 1.2).
 
 Operator mistakes (port in use, unreadable tokens file, missing TLS key) end in one line on
 stderr and a documented exit status, never a traceback.
@@ -7,14 +11,16 @@ stderr and a documented exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
 import signal
+import socket
 import ssl
 import sys
 from pathlib import Path
-from types import FrameType
+from typing import Any
 
 from remote import auth, names, server, verify
 from remote.store import DiskStore
@@ -29,7 +35,8 @@ EXIT_LISTEN = 4
 
 EXIT_STATUS = """\
 EXIT STATUS
-  0  success (serve: stopped by SIGINT/SIGTERM; verify: every record sound)
+  0  success (serve: stopped by SIGINT/SIGTERM; verify: every record sound;
+     token create: the token was printed and stored)
   1  verify found corrupt records (they were moved to DIR/quarantine)
   2  usage error
   3  configuration error: data directory, tokens file or TLS files unusable
@@ -65,7 +72,29 @@ def _serve_parser() -> argparse.ArgumentParser:
         help="largest accepted object in bytes (default %(default)s)",
     )
     p.add_argument("--ready-file", type=Path, help="write {url, pid} as JSON here once listening")
+    p.add_argument("--peer", help="URL of the HA peer to replicate to (continuously)")
+    p.add_argument("--peer-token-file", type=Path, help="file holding the token for --peer")
+    p.add_argument(
+        "--peer-interval", type=float, default=2.0, help="seconds between replication passes"
+    )
+    p.add_argument("--peer-ca", type=Path, help="CA bundle to check the peer's certificate")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def _token_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dpmsfs-server token create",
+        description="Create a token, store its SHA-256 in the tokens file, print the token.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory")
+    p.add_argument("--tokens", type=Path, help="tokens file (default DIR/tokens.json)")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--tool", help="a tool token for this namespace (tool id)")
+    who.add_argument("--admin", action="store_true", help="an admin token (every namespace)")
+    who.add_argument("--replicate", action="store_true", help="a replicate token (for the HA peer)")
     return p
 
 
@@ -125,11 +154,45 @@ def _write_ready(path: Path, url: str) -> None:
     os.replace(tmp, path)
 
 
-def _stop(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+def _bind(address: tuple[str, int]) -> socket.socket:
+    host, port = address
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if os.name != "nt":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(sock: socket.socket, tls: bool) -> str:
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in str(host) else str(host)
+    return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+def _peer_token(args: argparse.Namespace) -> str:
+    if args.peer_token_file is None:
+        raise CliError(EXIT_USAGE, "--peer needs --peer-token-file")
+    try:
+        token = args.peer_token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CliError(EXIT_CONFIG, f"cannot read {args.peer_token_file}: {exc}") from exc
+    if not token:
+        raise CliError(EXIT_CONFIG, f"{args.peer_token_file} is empty")
+    return token
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from remote.replication import Replicator
+
     address = _parse_listen(args.listen)
     if args.max_object_size <= 0:
         raise CliError(EXIT_USAGE, "--max-object-size must be positive")
@@ -140,35 +203,90 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CliError(EXIT_CONFIG, f"cannot use data directory {args.data}: {exc}") from exc
     tokens = _tokens(args)
     ctx = _tls(args)
+    replicator = None
+    if args.peer:
+        tls_verify: bool | str = str(args.peer_ca) if args.peer_ca else True
+        replicator = Replicator(
+            store, [args.peer], _peer_token(args), args.peer_interval, tls_verify=tls_verify
+        )
     try:
-        httpd = server.make_server(address, store, tokens, args.max_object_size, ctx)
+        sock = _bind(address)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise CliError(EXIT_LISTEN, f"cannot listen on {args.listen}: {reason}") from None
-    with httpd:
-        log.info("serving %s from %s", httpd.url, args.data)
-        if args.ready_file is not None:
-            _write_ready(args.ready_file, httpd.url)
-        signal.signal(signal.SIGTERM, _stop)
-        try:
-            httpd.serve_forever()
-        except KeyboardInterrupt:
-            log.info("stopping")
+    status = replicator.status if replicator else None
+    app = server.App(store, tokens, args.max_object_size, replication=status)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=120,
+        server_header=False,
+        date_header=True,
+    )
+    config.load()
+    config.ssl = ctx  # our context: TLS >= 1.2 (uvicorn's own has no minimum version knob)
+    httpd = uvicorn.Server(config)
+    url = _url(sock, ctx is not None)
+    # uvicorn re-raises the signal it caught once it has shut down; a no-op handler here
+    # makes that a clean exit (status 0) instead of death by SIGTERM.
+    previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
+    log.info("serving %s from %s (server id %s)", url, args.data, store.server_id)
+    if args.ready_file is not None:
+        _write_ready(args.ready_file, url)
+    if replicator is not None:
+        replicator.start()
+    try:
+        asyncio.run(httpd.serve(sockets=[sock]))
+    finally:
+        if replicator is not None:
+            replicator.stop()
+        sock.close()
+        app.shutdown()
+        store.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
+def run_token(args: argparse.Namespace) -> int:
+    path: Path = args.tokens or args.data / "tokens.json"
+    if args.tool is not None:
+        if not names.is_namespace(args.tool):
+            raise CliError(EXIT_USAGE, f"invalid tool id {args.tool!r}")
+        role, spaces = "tool", [names.namespace_dir(args.tool)]
+    else:
+        role, spaces = ("admin" if args.admin else "replicate"), ["*"]
+    if not path.parent.is_dir():
+        raise CliError(EXIT_CONFIG, f"{path.parent} is not a directory")
+    try:
+        token = auth.add_token(path, role, spaces if spaces != ["*"] else "*")
+    except (auth.TokenFileError, OSError) as exc:
+        raise CliError(EXIT_CONFIG, str(exc)) from exc
+    print(token)
     return EXIT_OK
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    if not (args.data / "ns").is_dir():
+    if not (args.data / "ns").is_dir() or not (args.data / "pool").is_dir():
         raise CliError(EXIT_CONFIG, f"{args.data} is not a dpmsfs-server data directory")
     if args.namespace is not None and not names.is_namespace(args.namespace):
         raise CliError(EXIT_USAGE, f"invalid namespace {args.namespace!r}")
     store = DiskStore(args.data)
     summary = verify.Summary()
     for finding in verify.scrub(store, summary, args.namespace, not args.no_quarantine):
-        r = finding.record
         where = f" -> {finding.moved_to}" if finding.moved_to else ""
-        print(f"corrupt {r.kind} {r.namespace_dir}/{r.name}: {finding.reason}{where}")
-    print(f"checked {summary.checked} records, {summary.corrupt} corrupt")
+        print(f"corrupt {finding.kind} {finding.where}: {finding.reason}{where}")
+    print(
+        f"checked {summary.blobs} blobs, {summary.mappings} mappings, {summary.refs} refs: "
+        f"{summary.corrupt} corrupt"
+    )
     return EXIT_CORRUPT if summary.corrupt else EXIT_OK
 
 
@@ -176,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
         parser, run, argv = _verify_parser(), run_verify, argv[1:]
+    elif argv[:2] == ["token", "create"]:
+        parser, run, argv = _token_parser(), run_token, argv[2:]
     else:
         if argv[:1] == ["serve"]:
             argv = argv[1:]
@@ -185,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=getattr(args, "log_level", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
         return run(args)

@@ -1,8 +1,13 @@
-"""`dpmsfs-server verify`: re-hash every stored record and move corrupt ones aside.
+"""`dpmsfs-server verify`: scrub blobs, maps and refs; move corrupt files aside.
 
-Quarantining is what closes the loop with the tools: a corrupt object moved out of
-`ns/<namespace>/objects` is reported by `objects:missing`, so the next sync re-sends it from
-the tool's local store. Safe to run while the server is serving the same directory.
+- every pool blob is decoded and re-hashed (SHA-256 against its name, xxh3-128 against its
+  header); a corrupt one is quarantined, so `objects:missing` reports every id mapped to it
+  and the next sync of any tool holding that content re-sends it (which heals the pool);
+- every mapping must point at a blob that exists and whose recorded xxh3 is the mapped id
+  (a *dangling* mapping is reported; it is left in place because a re-upload heals it);
+- every ref record must match its own header hash (else quarantined).
+
+Safe to run while the server is serving the same directory: it only moves corrupt files.
 """
 
 from __future__ import annotations
@@ -12,46 +17,95 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from remote import objfile
-from remote.store import DiskStore, StoredRecord
+from remote import names, objfile
+from remote.nsindex import NamespaceIndex
+from remote.pool import CorruptBlob
+from remote.store import DiskStore
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Finding:
-    record: StoredRecord
+    kind: str  # "blob", "mapping" or "ref"
+    where: str  # digest, "<ns>/<id>" or "<ns>/<ref name>"
     reason: str
     moved_to: Path | None
 
 
 @dataclass
 class Summary:
-    checked: int = 0
+    blobs: int = 0
+    mappings: int = 0
+    refs: int = 0
     corrupt: int = 0
+
+    @property
+    def checked(self) -> int:
+        return self.blobs + self.mappings + self.refs
 
 
 def scrub(
     store: DiskStore, summary: Summary, namespace: str | None = None, quarantine: bool = True
 ) -> Iterator[Finding]:
-    """Yield one Finding per corrupt record, updating `summary` as it goes."""
-    for record in store.iter_records(namespace):
+    """Yield one Finding per problem, updating `summary` as it goes.
+
+    With `namespace`, only the blobs that namespace maps are checked (plus its maps and refs).
+    """
+    pool = store.pool
+    if namespace is None:
+        digests: Iterator[str] = pool.iter_digests()
+    else:
+        digests = iter(sorted({d for _, d in _rows(store, namespace)}))
+    for digest in digests:
         try:
-            reason = objfile.verify_file(record.path)
+            pool.check(digest)
         except FileNotFoundError:
-            continue  # deleted or quarantined meanwhile
-        summary.checked += 1
-        if reason is None:
             continue
-        moved = None
-        if quarantine:
-            # A tool may have re-sent the object while we hashed it (the server then replaced
-            # the corrupt copy): look again right before moving so a healed record stays.
+        except CorruptBlob as exc:
+            summary.blobs += 1
+            summary.corrupt += 1
+            moved = pool.quarantine(digest, str(exc)) if quarantine else None
+            yield Finding("blob", digest, str(exc), moved)
+            continue
+        summary.blobs += 1
+    spaces = store.namespaces()
+    if namespace is not None:
+        spaces = [n for n in spaces if n == names.namespace_dir(namespace)]
+    for ns in spaces:
+        for id, digest in _rows(store, ns):
+            summary.mappings += 1
             try:
-                if objfile.verify_file(record.path) is None:
-                    continue
+                info, _ = pool.read(digest)
             except FileNotFoundError:
-                continue
-            moved = store.quarantine(record, reason)
+                reason = f"maps to blob {digest}, which is absent"
+            except CorruptBlob as exc:
+                reason = f"maps to blob {digest}, which is damaged: {exc}"
+            else:
+                if info.xxh3 == id:
+                    continue
+                reason = f"maps to blob {digest} of xxh3 {info.xxh3}"
+            summary.corrupt += 1
+            yield Finding("mapping", f"{ns}/{id}", reason, None)
+    for ref in store.iter_refs(namespace):
+        try:
+            problem = objfile.verify_file(ref.path)
+        except FileNotFoundError:
+            continue
+        summary.refs += 1
+        if problem is None:
+            continue
         summary.corrupt += 1
-        yield Finding(record, reason, moved)
+        moved = store.quarantine_ref(ref, problem) if quarantine else None
+        yield Finding("ref", f"{ref.namespace_dir}/{ref.name}", problem, moved)
+
+
+def _rows(store: DiskStore, namespace: str) -> Iterator[tuple[str, str]]:
+    path = store.ns_root / names.namespace_dir(namespace) / "index.sqlite"
+    if not path.exists():
+        return
+    index = NamespaceIndex(path)
+    try:
+        yield from index.iter_rows()
+    finally:
+        index.close()

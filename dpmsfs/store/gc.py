@@ -429,21 +429,8 @@ def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
 
 
 def _candidates(store: Store, live: set[bytes]) -> dict[bytes, ObjectLocation]:
-    """Indexed objects not marked live, read in batches of short transactions."""
-    dead: dict[bytes, ObjectLocation] = {}
-    start = b""
-    while True:
-        with store.db.read() as txn:
-            count = 0
-            for key, value in txn.cursor_range(schema.T_OBJECTS, start=start):
-                count += 1
-                if key not in live:
-                    dead[key] = ObjectLocation.decode(value)
-                if count == 10_000:
-                    start = key + b"\0"
-                    break
-        if count < 10_000:
-            return dead
+    """Indexed objects not marked live."""
+    return {oid: loc for oid, loc in _scan_objects(store) if oid not in live}
 
 
 def _sweep(
@@ -489,31 +476,34 @@ def _delete_entries(
     return count, nbytes
 
 
-def _pack_usage(
-    store: Store,
-) -> tuple[dict[bytes, PackInfo], dict[bytes, list[tuple[bytes, ObjectLocation]]]]:
-    """Indexed packs and, per pack, the index entries that point into it."""
-    with store.db.read() as txn:
-        packs = {k: PackInfo.decode(v) for k, v in txn.cursor_range(schema.T_PACKS)}
-    users: dict[bytes, list[tuple[bytes, ObjectLocation]]] = {p: [] for p in packs}
+def _scan_objects(store: Store) -> Iterator[tuple[bytes, ObjectLocation]]:
+    """Every index entry, read in batches of short read transactions."""
     start = b""
     while True:
         with store.db.read() as txn:
-            count = 0
+            batch = []
             for key, value in txn.cursor_range(schema.T_OBJECTS, start=start):
-                count += 1
-                loc = ObjectLocation.decode(value)
-                users.setdefault(loc.pack_id, []).append((key, loc))
-                if count == 10_000:
+                batch.append((key, ObjectLocation.decode(value)))
+                if len(batch) == 10_000:
                     start = key + b"\0"
                     break
-        if count < 10_000:
-            return packs, users
+        yield from batch
+        if len(batch) < 10_000:
+            return
 
 
 def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> None:
-    packs, users = _pack_usage(store)
-    empty = [p for p, info in packs.items() if not users.get(p)]
+    """Delete packs with no live record; rewrite packs less than ``repack_below`` alive.
+
+    Two passes over the index: per-pack totals first (small), then the entries of the
+    sparse packs only, so memory does not grow with the whole index.
+    """
+    with store.db.read() as txn:
+        packs = {k: PackInfo.decode(v) for k, v in txn.cursor_range(schema.T_PACKS)}
+    live_bytes: dict[bytes, int] = {}
+    for _, loc in _scan_objects(store):
+        live_bytes[loc.pack_id] = live_bytes.get(loc.pack_id, 0) + RECORD.size + loc.stored_length
+    empty = [p for p in packs if p not in live_bytes]
     if empty:
 
         def drop(txn: WriteTxn) -> None:
@@ -524,59 +514,70 @@ def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> No
         for pack_id in empty:
             stats.reclaimed_bytes += _delete_pack_file(store, pack_id)
             stats.packs_deleted += 1
-    sparse = []
-    for pack_id, info in packs.items():
-        entries = users.get(pack_id)
-        if not entries:
-            continue
-        live_bytes = sum(RECORD.size + loc.stored_length for _, loc in entries)
-        if live_bytes < repack_below * info.size:
-            sparse.append((info.sealed_ns, pack_id))
-    for _, pack_id in sorted(sparse):
-        _repack(store, pack_id, users[pack_id], packs[pack_id], stats)
+    sparse = {p for p, info in packs.items() if 0 < live_bytes.get(p, 0) < repack_below * info.size}
+    if not sparse:
+        return
+    entries: dict[bytes, list[tuple[bytes, ObjectLocation]]] = {p: [] for p in sparse}
+    for oid, loc in _scan_objects(store):
+        if loc.pack_id in sparse:
+            entries[loc.pack_id].append((oid, loc))
+    # oldest first, several sparse packs into one new pack of up to the store's pack size
+    group: list[bytes] = []
+    size = 0
+    for pack_id in sorted(sparse, key=lambda p: packs[p].sealed_ns):
+        group.append(pack_id)
+        size += live_bytes[pack_id]
+        if size >= store.pack_size:
+            _repack(store, group, entries, packs, stats)
+            group, size = [], 0
+    if group:
+        _repack(store, group, entries, packs, stats)
 
 
 def _repack(
     store: Store,
-    old: bytes,
-    entries: list[tuple[bytes, ObjectLocation]],
-    info: PackInfo,
+    old_packs: list[bytes],
+    entries: dict[bytes, list[tuple[bytes, ObjectLocation]]],
+    packs: dict[bytes, PackInfo],
     stats: CollectStats,
 ) -> None:
-    """Copy the live records of ``old`` into a new pack, move the index, delete ``old``."""
+    """Copy the live records of ``old_packs`` into one new pack, move their index entries,
+    drop the old packs from the index, and only then delete their files."""
     writer = PackWriter(store.tmp_dir, store.packs_dir, os.urandom(16))
     moved: list[tuple[bytes, ObjectLocation, ObjectLocation]] = []
     try:
-        for oid, loc in entries:
-            blob = store.read_blob(loc, oid)
-            store.decode_blob(oid, blob, loc.pack_id)  # never copy a damaged record
-            offset = writer.append(loc.type, oid, blob, loc.raw_length)
-            new = ObjectLocation(writer.pack_id, offset, loc.stored_length, loc.raw_length,
-                                 loc.type)  # fmt: skip
-            moved.append((oid, loc, new))
+        for old in old_packs:
+            for oid, loc in entries[old]:
+                blob = store.read_blob(loc, oid)
+                store.decode_blob(oid, blob, loc.pack_id)  # never copy a damaged record
+                offset = writer.append(loc.type, oid, blob, loc.raw_length)
+                new = ObjectLocation(writer.pack_id, offset, loc.stored_length, loc.raw_length,
+                                     loc.type)  # fmt: skip
+                moved.append((oid, loc, new))
         new_info = writer.seal(time.time_ns())
     except BaseException:
         writer.discard()
         raise
     writer.close()
 
-    def commit(txn: WriteTxn) -> bool:
+    def commit(txn: WriteTxn) -> None:
         txn.put(schema.T_PACKS, writer.pack_id, new_info.encode())
         for oid, was, now in moved:
             value = txn.get(schema.T_OBJECTS, oid)
             if value is not None and ObjectLocation.decode(value) == was:
                 txn.put(schema.T_OBJECTS, oid, now.encode())
-        # nothing else may still point at the old pack (no writer adds entries to it)
-        txn.delete(schema.T_PACKS, old)
-        return True
+        # nothing else can point into the old packs: no writer adds entries to them
+        for old in old_packs:
+            txn.delete(schema.T_PACKS, old)
 
     store.db.transact(commit)
-    freed = _delete_pack_file(store, old)
-    stats.packs_repacked += 1
+    freed = sum(_delete_pack_file(store, old) for old in old_packs)
+    stats.packs_repacked += len(old_packs)
     stats.packs_written += 1
     stats.reclaimed_bytes += freed - new_info.size
-    log.info("repacked %s (%d live records, %d of %d bytes) into %s", old.hex(), len(moved),
-             new_info.size, info.size, writer.pack_id.hex())  # fmt: skip
+    log.info("repacked %d packs (%d live records, %d of %d bytes) into %s", len(old_packs),
+             len(moved), new_info.size, sum(packs[p].size for p in old_packs),
+             writer.pack_id.hex())  # fmt: skip
 
 
 def _delete_pack_file(store: Store, pack_id: bytes) -> int:

@@ -23,6 +23,7 @@ ADMIN = "admin-" + secrets.token_hex(16)
 TOOL_A = "toola-" + secrets.token_hex(16)
 TOOL_B = "toolb-" + secrets.token_hex(16)
 TOOL_ANY = "toolany-" + secrets.token_hex(16)  # a tool role over every namespace
+REPLICATE = "replicate-" + secrets.token_hex(16)  # what an HA server pushes to its peer with
 NS_A = "toola"
 NS_B = "toolb"
 
@@ -38,6 +39,7 @@ def write_tokens(path: Path) -> Path:
             TOOL_A: {"role": "tool", "namespaces": [NS_A]},
             TOOL_B: {"role": "tool", "namespaces": [NS_B]},
             TOOL_ANY: {"role": "tool", "namespaces": "*"},
+            REPLICATE: {"role": "replicate", "namespaces": "*"},
         }
     }
     path.write_text(json.dumps(doc), encoding="utf-8")

@@ -17,21 +17,31 @@ from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH, Backend, i
 from remote.errors import AuthError, ConflictError, NotFoundError
 from remote.faulty_backend import FaultyBackend
 from remote.frames import inspect_frame, make_record
+from remote.http_backend import HttpBackend
 from remote.memory_backend import MemoryBackend, MemoryServer
-from remote.retry import Retrier
+from remote.retry import NO_RETRY, Retrier
+from tests.remote.serverproc import ADMIN, TOOL_ANY, ServerProcess
 
 World = Callable[..., Backend]
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "http"])
 def world(request: pytest.FixtureRequest) -> Iterator[World]:
     """A factory `world(ns, admin=False)` of backends that share one (empty) server."""
     made: list[Backend] = []
     prefix = "c" + secrets.token_hex(4)
-    server = MemoryServer()
+    memory = MemoryServer()
+    http: ServerProcess | None = None
+    if request.param == "http":
+        http = request.getfixturevalue("shared_server")
 
     def make(ns: str = "a", admin: bool = False) -> Backend:
-        backend = MemoryBackend(admin=admin, server=server, namespace=f"{prefix}-{ns}")
+        backend: Backend
+        if http is None:
+            backend = MemoryBackend(admin=admin, server=memory, namespace=f"{prefix}-{ns}")
+        else:
+            token = ADMIN if admin else TOOL_ANY
+            backend = HttpBackend([http.url], f"{prefix}-{ns}", token, retrier=Retrier(NO_RETRY))
         made.append(backend)
         return backend
 

@@ -1,9 +1,9 @@
 """Crash consistency and server-side integrity, with real server processes.
 
-- kill -9 in the middle of an upload leaves no visible object, and the restart drops the
-  temp file;
-- a corrupt object on disk is reported missing (`?verify=1`), refused on GET, and found by
-  `dpmsfs-server verify`, which moves it to quarantine so tools re-send it.
+- kill -9 in the middle of an upload batch leaves nothing visible, and the restart drops the
+  temp files; the client's retry then stores it;
+- a corrupt blob on disk is reported missing (every tool mapping it), refused on GET, and
+  found by `dpmsfs-server verify`, which moves it to quarantine; a re-upload heals it.
 """
 
 from __future__ import annotations
@@ -11,27 +11,36 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from remote.hashing import header_value
+from remote.frames import make_record
 from remote.http_backend import HttpBackend
-from remote.objfile import HEADER_SIZE
+from remote.pool import HEADER_SIZE
 from remote.retry import NO_RETRY, Retrier
 from tests.remote.rawhttp import request
-from tests.remote.serverproc import NS_A, REPO, TOOL_A, ServerProcess, key_of, server_cmd
+from tests.remote.serverproc import (
+    NS_A,
+    NS_B,
+    REPO,
+    TOOL_A,
+    TOOL_B,
+    ServerProcess,
+    server_cmd,
+)
+
+RECORD = struct.Struct(">16s32sI")
 
 
-def backend(server: ServerProcess, verify_missing: bool = True) -> HttpBackend:
-    return HttpBackend(
-        [server.url], NS_A, TOOL_A, retrier=Retrier(NO_RETRY), verify_missing=verify_missing
-    )
+def backend(server: ServerProcess, ns: str = NS_A, token: str = TOOL_A) -> HttpBackend:
+    return HttpBackend([server.url], ns, token, retrier=Retrier(NO_RETRY))
 
 
-def object_file(server: ServerProcess, key: str) -> Path:
-    return server.data / "ns" / NS_A / "objects" / key[:2] / key
+def blob_file(server: ServerProcess, digest: str) -> Path:
+    return server.data / "pool" / digest[:2] / digest[2:4] / digest
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -40,78 +49,80 @@ def flip_byte(path: Path, offset: int) -> None:
     path.write_bytes(bytes(raw))
 
 
-def test_kill_9_during_put_leaves_no_partial_object(fresh_server: ServerProcess) -> None:
-    body = secrets.token_bytes(8 << 20)
-    key = key_of(body)
+def test_kill_9_during_upload_leaves_nothing_visible(fresh_server: ServerProcess) -> None:
+    records = [make_record(secrets.token_bytes(4 << 20)) for _ in range(3)]
+    body = b"".join(
+        RECORD.pack(bytes.fromhex(i), bytes.fromhex(d), len(f)) + f for i, d, f in records
+    )
     parts = urlsplit(fresh_server.url)
     assert parts.hostname is not None and parts.port is not None
     sock = socket.create_connection((parts.hostname, parts.port), timeout=10)
     try:
         head = (
-            f"PUT /v1/{NS_A}/objects/{key} HTTP/1.1\r\nHost: x\r\n"
-            f"Authorization: Bearer {TOOL_A}\r\nX-Content-Hash: {header_value(key)}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            f"POST /v2/{NS_A}/objects:upload HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {TOOL_A}\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode()
-        sock.sendall(head + body[: len(body) // 2])
-        tmp_dir = fresh_server.data / "tmp"
+        sock.sendall(head + body[: len(body) * 2 // 3])  # the first record, part of the second
         deadline = time.monotonic() + 10
-        while not any(p.stat().st_size > HEADER_SIZE for p in tmp_dir.iterdir()):
+        tmp_dir = fresh_server.data / "tmp"
+        while not any(p.stat().st_size >= 4 << 20 for p in tmp_dir.iterdir()):
             assert time.monotonic() < deadline, "upload never reached the server's disk"
             time.sleep(0.01)
-        fresh_server.kill()
+        fresh_server.kill()  # the first blob is staged, the batch not committed
     finally:
         sock.close()
 
-    assert not object_file(fresh_server, key).exists()
     fresh_server.start()  # same data directory
     assert list((fresh_server.data / "tmp").iterdir()) == []
+    ids = [(i, d) for i, d, _ in records]
     with backend(fresh_server) as b:
-        assert not b.exists(key)
-        assert b.missing([key]) == [key]
-        b.save(key, body)
-        assert b.load(key) == body
+        assert b.missing([(i, None) for i, _ in ids]) == [i for i, _ in ids]  # nothing mapped
+        assert b.list() == []
+        assert b.missing(ids) == [i for i, _ in ids]  # not even claimable: never published
+        assert not any(p.is_file() for p in (fresh_server.data / "pool").rglob("*"))
+        assert b.upload(records) == {i: "created" for i, _ in ids}
+        assert [f for _, f in b.load_many([i for i, _ in ids])] == [r[2] for r in records]
+    assert run_verify(fresh_server.data).returncode == 0
 
 
-def test_corrupt_object_reported_missing_with_verify(fresh_server: ServerProcess) -> None:
-    data = secrets.token_bytes(4096)
-    key = key_of(data)
-    with backend(fresh_server, verify_missing=False) as cheap, backend(fresh_server) as strict:
-        cheap.save(key, data)
-        flip_byte(object_file(fresh_server, key), HEADER_SIZE + 100)  # bit rot, same size
-        assert cheap.missing([key]) == []  # the header check cannot see it...
-        assert strict.missing([key]) == [key]  # ...the verified check does, and quarantines
-        assert not object_file(fresh_server, key).exists()
-        assert cheap.missing([key]) == [key]
-        strict.save(key, data)  # the tool re-sends; the store is healed
-        assert strict.load(key) == data
-    assert len(list((fresh_server.data / "quarantine" / NS_A).iterdir())) == 1
+def test_corrupt_blob_is_missing_for_every_tool_then_healed(fresh_server: ServerProcess) -> None:
+    id, digest, frame = make_record(secrets.token_bytes(4096))
+    with backend(fresh_server) as a, backend(fresh_server, NS_B, TOOL_B) as b:
+        a.upload([(id, digest, frame)])
+        assert b.missing([(id, digest)]) == []  # tool B claims it by digest
+        flip_byte(blob_file(fresh_server, digest), HEADER_SIZE + 100)  # bit rot, same size
+        assert a.missing([(id, digest)]) == [id]  # re-hashed, found bad, quarantined
+        assert not blob_file(fresh_server, digest).exists()
+        assert b.missing([(id, digest)]) == [id]
+        a.upload([(id, digest, frame)])  # the tool re-sends; the pool is healed for both
+        assert b.load(id) == frame
+        assert b.missing([(id, None)]) == []
+    assert len(list((fresh_server.data / "quarantine" / "pool").iterdir())) == 1
 
 
-def test_corrupt_object_is_not_served(fresh_server: ServerProcess) -> None:
-    data = secrets.token_bytes(4096)
-    key = key_of(data)
+def test_corrupt_blob_is_not_served(fresh_server: ServerProcess) -> None:
+    id, digest, frame = make_record(secrets.token_bytes(4096))
     with backend(fresh_server) as b:
-        b.save(key, data)
-        flip_byte(object_file(fresh_server, key), HEADER_SIZE)
+        b.upload([(id, digest, frame)])
+        flip_byte(blob_file(fresh_server, digest), 10)  # inside the header's digest
         a = request(
             fresh_server.url,
             "GET",
-            f"/v1/{NS_A}/objects/{key}",
+            f"/v2/{NS_A}/objects/{id}",
             {"Authorization": f"Bearer {TOOL_A}"},
         )
         assert a.status == 404
-        assert b.missing([key]) == [key]
+        assert list(b.load_many([id])) == [(id, None)]
+        assert b.missing([(id, None)]) == [id]
 
 
-def test_truncated_object_is_missing_even_without_verify(fresh_server: ServerProcess) -> None:
-    data = secrets.token_bytes(4096)
-    key = key_of(data)
-    with backend(fresh_server, verify_missing=False) as b:
-        b.save(key, data)
-        path = object_file(fresh_server, key)
+def test_truncated_blob_is_missing(fresh_server: ServerProcess) -> None:
+    id, digest, frame = make_record(secrets.token_bytes(4096))
+    with backend(fresh_server) as b:
+        b.upload([(id, digest, frame)])
+        path = blob_file(fresh_server, digest)
         path.write_bytes(path.read_bytes()[:-10])
-        assert b.missing([key]) == [key]
-        assert not b.exists(key)
+        assert b.missing([(id, digest)]) == [id]
 
 
 def run_verify(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -125,32 +136,42 @@ def run_verify(data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_verify_command_quarantines_corrupt_objects(fresh_server: ServerProcess) -> None:
-    blobs = [secrets.token_bytes(2000 + i) for i in range(4)]
-    with backend(fresh_server, verify_missing=False) as b:
-        for d in blobs:
-            b.save(key_of(d), d)
+def test_verify_command_quarantines_corrupt_blobs(fresh_server: ServerProcess) -> None:
+    records = [make_record(secrets.token_bytes(2000 + i)) for i in range(4)]
+    with backend(fresh_server) as b:
+        b.upload(records)
         b.put_ref("snap-1", b"{}")
         clean = run_verify(fresh_server.data)
         assert clean.returncode == 0, clean.stderr
-        assert "checked 5 records, 0 corrupt" in clean.stdout
+        assert "checked 4 blobs, 4 mappings, 1 refs: 0 corrupt" in clean.stdout
 
-        bad = key_of(blobs[2])
-        flip_byte(object_file(fresh_server, bad), HEADER_SIZE + 7)
+        bad_id, bad, bad_frame = records[2]
+        flip_byte(blob_file(fresh_server, bad), HEADER_SIZE + 7)
         report_only = run_verify(fresh_server.data, "--no-quarantine")
         assert report_only.returncode == 1
-        assert object_file(fresh_server, bad).exists()
+        assert blob_file(fresh_server, bad).exists()
 
         found = run_verify(fresh_server.data, "--namespace", NS_A)
         assert found.returncode == 1
-        assert f"corrupt object {NS_A}/{bad}" in found.stdout
-        assert "1 corrupt" in found.stdout
-        assert not object_file(fresh_server, bad).exists()
-        assert b.missing([key_of(d) for d in blobs]) == [bad]  # even the cheap check sees it
-        b.save(bad, blobs[2])
+        assert f"corrupt blob {bad}" in found.stdout
+        assert f"corrupt mapping {NS_A}/{bad_id}" in found.stdout  # now dangling
+        assert not blob_file(fresh_server, bad).exists()
+        assert b.missing([(r[0], r[1]) for r in records]) == [bad_id]
+        b.upload([records[2]])
+        assert b.load(bad_id) == bad_frame
     assert run_verify(fresh_server.data).returncode == 0
-    quarantined = list((fresh_server.data / "quarantine" / NS_A).iterdir())
-    assert [p.name.split(".")[0] for p in quarantined] == [f"object-{bad}"]
+    quarantined = list((fresh_server.data / "quarantine" / "pool").iterdir())
+    assert [p.name.split(".")[0] for p in quarantined] == [bad]
+
+
+def test_verify_finds_a_corrupt_ref(fresh_server: ServerProcess) -> None:
+    with backend(fresh_server) as b:
+        b.put_ref("snapshot.x", b'{"root": "abc"}')
+    ref_file = next((fresh_server.data / "ns" / NS_A / "refs").iterdir())
+    flip_byte(ref_file, 40)
+    result = run_verify(fresh_server.data)
+    assert result.returncode == 1 and f"corrupt ref {NS_A}/snapshot.x" in result.stdout
+    assert not ref_file.exists()
 
 
 def test_verify_rejects_a_non_store_directory(tmp_path: Path) -> None:
@@ -160,11 +181,14 @@ def test_verify_rejects_a_non_store_directory(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_stats_after_restart(fresh_server: ServerProcess) -> None:
+def test_stats_and_server_id_survive_restart(fresh_server: ServerProcess) -> None:
+    record = make_record(b"abc")
     with backend(fresh_server) as b:
-        b.save(key_of(b"abc"), b"abc")
+        b.upload([record])
+        first_id = b.server_id()
     fresh_server.stop()
     fresh_server.start()
     with backend(fresh_server) as b:
-        assert b.stats() == {"objects": 1, "bytes": 3, "refs": 0}
+        assert b.stats() == {"objects": 1, "bytes": len(record[2]), "refs": 0}
+        assert b.server_id() == first_id
     assert json.loads((fresh_server.data.parent / "tokens.json").read_text())["tokens"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import ssl
@@ -110,7 +111,7 @@ def test_default_tokens_file_is_created_with_an_admin(tmp_path: Path) -> None:
 
 def test_tokens_file_is_reloaded_when_changed(fresh_server: ServerProcess) -> None:
     newcomer = "newtool-" + "n" * 20
-    url = f"{fresh_server.url}/v1/toolz/stats"
+    url = f"{fresh_server.url}/v2/toolz/stats"
     with requests.Session() as s:
         s.headers["Authorization"] = f"Bearer {newcomer}"
         assert s.get(url, timeout=5).status_code == 401
@@ -169,9 +170,9 @@ def test_tls(tmp_path: Path) -> None:
             assert b.get_ref("r") == b"secret over TLS"
         plain = server.url.replace("https://", "http://")
         with requests.Session() as s, pytest.raises(requests.ConnectionError):
-            s.get(plain + "/v1/health", timeout=5)
+            s.get(plain + "/v2/health", timeout=5)
         with requests.Session() as s, pytest.raises(requests.exceptions.SSLError):
-            s.get(server.url + "/v1/health", timeout=5)  # not trusted without the CA
+            s.get(server.url + "/v2/health", timeout=5)  # not trusted without the CA
         with HttpBackend([server.url], "tls", ADMIN, tls_verify=str(cert)) as b:
             assert b.health()  # the server survived the failed handshakes
     finally:
@@ -189,3 +190,61 @@ def test_bad_tls_files_exit_3(tmp_path: Path) -> None:
     )
     assert_one_line_error(result, 3, "cannot load TLS")
     assert ssl.OPENSSL_VERSION
+
+
+def test_token_create_prints_a_working_tool_token_stored_hashed(
+    fresh_server: ServerProcess,
+) -> None:
+    made = run(
+        "token",
+        "create",
+        "--data",
+        str(fresh_server.data),
+        "--tokens",
+        str(fresh_server.tokens),
+        "--tool",
+        "Tool07",
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert len(token) >= 40 and "\n" not in token
+    stored = json.loads(fresh_server.tokens.read_text())["tokens"]
+    assert token not in json.dumps(stored)  # only its hash is kept
+    assert stored[f"sha256:{hashlib.sha256(token.encode()).hexdigest()}"] == {
+        "role": "tool",
+        "namespaces": ["tool07"],
+    }
+    with requests.Session() as s:
+        s.headers["Authorization"] = f"Bearer {token}"
+        assert s.get(f"{fresh_server.url}/v2/tool07/stats", timeout=5).status_code == 200
+        assert s.get(f"{fresh_server.url}/v2/tool08/stats", timeout=5).status_code == 403
+    admin = run(
+        "token",
+        "create",
+        "--data",
+        str(fresh_server.data),
+        "--tokens",
+        str(fresh_server.tokens),
+        "--admin",
+    )
+    with requests.Session() as s:
+        s.headers["Authorization"] = f"Bearer {admin.stdout.strip()}"
+        assert s.get(f"{fresh_server.url}/v2/namespaces", timeout=5).status_code == 200
+
+
+def test_token_create_default_file_and_errors(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    made = run("token", "create", "--data", str(data), "--replicate")
+    assert made.returncode == 0, made.stderr
+    grants = list(json.loads((data / "tokens.json").read_text())["tokens"].values())
+    assert grants == [{"role": "replicate", "namespaces": "*"}]
+    assert_one_line_error(
+        run("token", "create", "--data", str(data), "--tool", "../x"), 2, "invalid tool id"
+    )
+    (data / "tokens.json").write_text("{broken")
+    assert_one_line_error(
+        run("token", "create", "--data", str(data), "--tool", "t1"), 3, "cannot read tokens file"
+    )
+    assert (data / "tokens.json").read_text() == "{broken"  # left as it was
+    assert run("token", "create", "--data", str(data)).returncode == 2

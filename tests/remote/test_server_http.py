@@ -1,4 +1,4 @@
-"""The HTTP contract of dpmsfs-server, spoken raw against a real server process."""
+"""The HTTP contract of dpmsfs-server /v2, spoken raw against a real server process."""
 
 from __future__ import annotations
 
@@ -6,14 +6,27 @@ import json
 import os
 import secrets
 import socket
+import struct
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from remote.frames import inspect_frame, make_record
 from remote.hashing import header_value
 from tests.remote.rawhttp import connect, request, send
-from tests.remote.serverproc import ADMIN, NS_A, NS_B, TOOL_A, TOOL_B, ServerProcess, key_of
+from tests.remote.serverproc import (
+    ADMIN,
+    NS_A,
+    NS_B,
+    REPLICATE,
+    TOOL_A,
+    TOOL_B,
+    ServerProcess,
+    key_of,
+)
+
+RECORD = struct.Struct(">16s32sI")
 
 
 def auth(token: str) -> dict[str, str]:
@@ -24,8 +37,28 @@ def put_headers(token: str, body: bytes) -> dict[str, str]:
     return {**auth(token), "X-Content-Hash": header_value(key_of(body))}
 
 
-def blob() -> bytes:
-    return secrets.token_bytes(300)
+def record() -> tuple[str, str, bytes]:
+    return make_record(secrets.token_bytes(300) * 2)
+
+
+def upload_body(*records: tuple[str, str, bytes]) -> bytes:
+    return b"".join(
+        RECORD.pack(bytes.fromhex(i), bytes.fromhex(d), len(f)) + f for i, d, f in records
+    )
+
+
+def upload(url: str, ns: str, token: str, *records: tuple[str, str, bytes]) -> list[str]:
+    a = request(url, "POST", f"/v2/{ns}/objects:upload", auth(token), upload_body(*records))
+    assert a.status == 200, a.body
+    return [r["status"] for r in a.json()["results"]]
+
+
+def missing(url: str, ns: str, token: str, objects: list[tuple[str, str | None]]) -> list[str]:
+    body = json.dumps({"objects": [{"id": i, "sha256": d} for i, d in objects]}).encode()
+    a = request(url, "POST", f"/v2/{ns}/objects:missing", auth(token), body)
+    assert a.status == 200, a.body
+    result: list[str] = a.json()["missing"]
+    return result
 
 
 def assert_json_error(answer_body: bytes, code: str | None = None) -> None:
@@ -36,54 +69,82 @@ def assert_json_error(answer_body: bytes, code: str | None = None) -> None:
 
 
 def test_health_needs_no_token(shared_server: ServerProcess) -> None:
-    a = request(shared_server.url, "GET", "/v1/health")
-    assert a.status == 200 and a.json()["status"] == "ok"
+    a = request(shared_server.url, "GET", "/v2/health")
+    doc = a.json()
+    assert a.status == 200 and doc["status"] == "ok" and doc["server"] == "dpmsfs-server/0.2"
+    assert len(doc["server_id"]) == 32 and doc["peer"] is None
+    assert request(shared_server.url, "GET", "/v2/health").json()["server_id"] == doc["server_id"]
 
 
-def test_put_get_head_round_trip(shared_server: ServerProcess) -> None:
-    data = blob()
-    key = key_of(data)
-    path = f"/v1/{NS_A}/objects/{key}"
-    a = request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), data)
-    assert a.status == 201 and a.json()["created"] is True
-    again = request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), data)
-    assert again.status == 200 and again.json()["created"] is False
-    got = request(shared_server.url, "GET", path, auth(TOOL_A))
-    assert got.status == 200 and got.body == data
-    assert got.headers["x-content-hash"] == header_value(key)
-    head = request(shared_server.url, "HEAD", path, auth(TOOL_A))
-    assert head.status == 200 and head.body == b""
-    assert head.headers["content-length"] == str(len(data))
+def test_upload_get_download_round_trip(shared_server: ServerProcess) -> None:
+    url = shared_server.url
+    id, digest, frame = record()
+    assert upload(url, NS_A, TOOL_A, (id, digest, frame)) == ["created"]
+    assert upload(url, NS_A, TOOL_A, (id, digest, frame)) == ["exists"]
+    got = request(url, "GET", f"/v2/{NS_A}/objects/{id}", auth(TOOL_A))
+    assert got.status == 200 and got.body == frame
+    assert got.headers["x-content-sha256"] == digest
+    absent = record()[0]
+    body = json.dumps({"ids": [absent, id]}).encode()
+    a = request(url, "POST", f"/v2/{NS_A}/objects:download", auth(TOOL_A), body)
+    assert a.status == 200
+    rid, rsha, n = RECORD.unpack_from(a.body, 0)
+    assert rid.hex() == absent and n == 0xFFFFFFFF
+    rid, rsha, n = RECORD.unpack_from(a.body, RECORD.size)
+    assert rid.hex() == id and rsha.hex() == digest and n == len(frame)
+    assert a.body[2 * RECORD.size :] == frame
 
 
 def test_namespaces_are_case_insensitive(shared_server: ServerProcess) -> None:
-    data = blob()
-    path = f"/v1/{NS_A.upper()}/objects/{key_of(data)}"
-    assert request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), data).status == 201
-    lower = f"/v1/{NS_A}/objects/{key_of(data)}"
-    assert request(shared_server.url, "GET", lower, auth(TOOL_A)).body == data
+    id, digest, frame = record()
+    assert upload(shared_server.url, NS_A.upper(), TOOL_A, (id, digest, frame)) == ["created"]
+    lower = f"/v2/{NS_A}/objects/{id}"
+    assert request(shared_server.url, "GET", lower, auth(TOOL_A)).body == frame
 
 
-def test_hash_mismatch_is_422_and_stores_nothing(shared_server: ServerProcess) -> None:
-    data = blob()
-    path = f"/v1/{NS_A}/objects/{key_of(data)}"
-    headers = {**auth(TOOL_A), "X-Content-Hash": header_value(key_of(data + b"x"))}
-    a = request(shared_server.url, "PUT", path, headers, data)
-    assert a.status == 422
-    assert_json_error(a.body, "hash_mismatch")
-    assert request(shared_server.url, "HEAD", path, auth(TOOL_A)).status == 404
+def test_wrong_hashes_and_bad_frames_reject_that_record_only(shared_server: ServerProcess) -> None:
+    url, ns = shared_server.url, "hash-" + secrets.token_hex(4)
+    good, other = record(), record()
+    statuses = upload(
+        url,
+        ns,
+        ADMIN,
+        (other[0], good[1], good[2]),  # id of another content
+        (good[0], other[1], good[2]),  # sha256 of another content
+        (other[0], other[1], b"\x01\x05\x00\x00\x00zzzzz"),  # zstd flag, not zstd
+        (other[0], other[1], b"\x09"),  # truncated header
+        good,
+    )
+    assert statuses == ["hash_mismatch", "hash_mismatch", "bad_frame", "bad_frame", "created"]
+    assert missing(url, ns, ADMIN, [(good[0], None), (other[0], None)]) == [other[0]]
     assert not list((shared_server.data / "tmp").iterdir())
 
 
-@pytest.mark.parametrize("value", [None, "", "sha256:" + "0" * 32, "xxh3-128:abc", "xxh3-128:"])
-def test_missing_or_malformed_hash_header_is_400(
-    shared_server: ServerProcess, value: str | None
-) -> None:
-    data = blob()
-    headers = auth(TOOL_A) | ({} if value is None else {"X-Content-Hash": value})
-    a = request(shared_server.url, "PUT", f"/v1/{NS_A}/objects/{key_of(data)}", headers, data)
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"\x00" * 10, "bad_record"),  # shorter than a record header
+        (RECORD.pack(b"\x00" * 16, b"\x00" * 32, 100) + b"short", "bad_record"),
+    ],
+)
+def test_malformed_upload_bodies(shared_server: ServerProcess, body: bytes, code: str) -> None:
+    a = request(shared_server.url, "POST", f"/v2/{NS_A}/objects:upload", auth(TOOL_A), body)
     assert a.status == 400
-    assert_json_error(a.body, "bad_hash_header")
+    assert_json_error(a.body, code)
+
+
+def test_oversize_frame_in_upload_is_413(shared_server: ServerProcess) -> None:
+    big = make_record(secrets.token_bytes(65536 + 100))  # random: frame stays raw, > limit
+    conn = connect(shared_server.url)
+    try:
+        a = send(conn, "POST", f"/v2/{NS_A}/objects:upload", auth(TOOL_A), upload_body(big))
+        assert a.status == 413
+        assert_json_error(a.body, "too_large")
+        assert send(conn, "GET", "/v2/health").status == 200  # same connection
+    finally:
+        conn.close()
+    assert missing(shared_server.url, NS_A, TOOL_A, [(big[0], big[1])]) == [big[0]]
+    assert not list((shared_server.data / "tmp").iterdir())
 
 
 @pytest.mark.parametrize(
@@ -96,10 +157,11 @@ def test_missing_or_malformed_hash_header_is_400(
         (auth(TOOL_B), 403),
         (auth(TOOL_A), 200),
         (auth(ADMIN), 200),
+        (auth(REPLICATE), 200),
     ],
 )
 def test_auth(shared_server: ServerProcess, headers: dict[str, str], status: int) -> None:
-    a = request(shared_server.url, "GET", f"/v1/{NS_A}/stats", headers)
+    a = request(shared_server.url, "GET", f"/v2/{NS_A}/stats", headers)
     assert a.status == status
     if status == 401:
         assert_json_error(a.body, "unauthorized")
@@ -108,45 +170,76 @@ def test_auth(shared_server: ServerProcess, headers: dict[str, str], status: int
         assert_json_error(a.body, "forbidden")
 
 
-def test_tool_cannot_write_other_namespace(shared_server: ServerProcess) -> None:
-    data = blob()
-    path = f"/v1/{NS_B}/objects/{key_of(data)}"
-    assert request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), data).status == 403
-    assert request(shared_server.url, "HEAD", path, auth(TOOL_B)).status == 404
+# (token, may read/write NS_A, may delete in NS_A, may list namespaces)
+MATRIX = [
+    (TOOL_A, True, False, False),
+    (TOOL_B, False, False, False),
+    (ADMIN, True, True, True),
+    (REPLICATE, True, False, True),
+]
+
+
+@pytest.mark.parametrize(("token", "rw", "delete", "list_ns"), MATRIX)
+def test_permission_matrix(
+    shared_server: ServerProcess, token: str, rw: bool, delete: bool, list_ns: bool
+) -> None:
+    url = shared_server.url
+    rec = record()
+    upload(url, NS_A, ADMIN, rec)
+    ref = "perm-" + secrets.token_hex(4)
+    ok_rw = 200 if rw else 403
+    body = upload_body(record())
+    assert request(url, "POST", f"/v2/{NS_A}/objects:upload", auth(token), body).status == ok_rw
+    assert request(url, "GET", f"/v2/{NS_A}/objects/{rec[0]}", auth(token)).status == ok_rw
+    assert request(url, "GET", f"/v2/{NS_A}/objects", auth(token)).status == ok_rw
+    assert request(url, "GET", f"/v2/{NS_A}/refs", auth(token)).status == ok_rw
+    put = request(url, "PUT", f"/v2/{NS_A}/refs/{ref}", put_headers(token, b"r"), b"r")
+    assert put.status == (201 if rw else 403)
+    replace = f"/v2/{NS_A}/refs/{ref}?replace=1"
+    assert request(url, "PUT", replace, put_headers(token, b"s"), b"s").status == (
+        200 if delete else 403
+    )
+    assert request(url, "DELETE", f"/v2/{NS_A}/objects/{rec[0]}", auth(token)).status == (
+        200 if delete else 403
+    )
+    assert request(url, "GET", "/v2/namespaces", auth(token)).status == (200 if list_ns else 403)
+    assert request(url, "GET", "/v2/replication", auth(token)).status == (200 if list_ns else 403)
 
 
 KEY = "0123456789abcdef0123456789abcdef"
 TRAVERSALS = [
-    "/v1/../objects/" + KEY,
-    "/v1/%2e%2e/objects/" + KEY,
-    "/v1/%2E%2E/objects/" + KEY,
-    "/v1/./objects/" + KEY,
-    "/v1/.toola/objects/" + KEY,
-    "/v1/toola./objects/" + KEY,
-    "/v1/CON/objects/" + KEY,
-    "/v1/nul.txt/objects/" + KEY,
-    "/v1/" + "a" * 65 + "/objects/" + KEY,
-    "/v1/toola/objects/..",
-    "/v1/toola/objects/%2e%2e",
-    "/v1/toola/objects/..%2f..%2ftokens.json",
-    "/v1/toola/objects/..%5c..%5ctokens.json",
-    "/v1/toola/objects/../../../tokens.json",
-    "/v1/toola/objects//etc/passwd",
-    "/v1/toola/objects/%2fetc%2fpasswd",
-    "/v1/toola/objects/C:%5cWindows%5cwin.ini",
-    "/v1/toola/objects/" + KEY.upper(),
-    "/v1/toola/objects/" + KEY[:-1],
-    "/v1/toola/objects/" + KEY + "0",
-    "/v1/toola/objects/" + "f" * 4000,
-    "/v1/toola/objects/" + "g" * 32,
-    "/v1/toola/objects/" + KEY + "%00",
-    "/v1/toola/refs/..",
-    "/v1/toola/refs/%2e%2e",
-    "/v1/toola/refs/.hidden",
-    "/v1/toola/refs/a%2fb",
-    "/v1/toola/refs/" + "r" * 101,
-    "http://evil/v1/toola/objects/" + KEY,
-    "/v2/toola/objects/" + KEY,
+    "/v2/../objects/" + KEY,
+    "/v2/%2e%2e/objects/" + KEY,
+    "/v2/%2E%2E/objects/" + KEY,
+    "/v2/./objects/" + KEY,
+    "/v2/.toola/objects/" + KEY,
+    "/v2/toola./objects/" + KEY,
+    "/v2/CON/objects/" + KEY,
+    "/v2/nul.txt/objects/" + KEY,
+    "/v2/" + "a" * 65 + "/objects/" + KEY,
+    "/v2/toola/objects/..",
+    "/v2/toola/objects/%2e%2e",
+    "/v2/toola/objects/..%2f..%2ftokens.json",
+    "/v2/toola/objects/..%5c..%5ctokens.json",
+    "/v2/toola/objects/../../../tokens.json",
+    "/v2/toola/objects//etc/passwd",
+    "/v2/toola/objects/%2fetc%2fpasswd",
+    "/v2/toola/objects/C:%5cWindows%5cwin.ini",
+    "/v2/toola/objects/" + KEY.upper(),
+    "/v2/toola/objects/" + KEY[:-1],
+    "/v2/toola/objects/" + KEY + "0",
+    "/v2/toola/objects/" + "f" * 4000,
+    "/v2/toola/objects/" + "g" * 32,
+    "/v2/toola/objects/" + KEY + "%00",
+    "/v2/toola/refs/..",
+    "/v2/toola/refs/%2e%2e",
+    "/v2/toola/refs/.hidden",
+    "/v2/toola/refs/a%2fb",
+    "/v2/toola/refs/" + "r" * 101,
+    "/v2/toola%2fobjects:upload",
+    "/v2/toola/objects%3aupload",
+    "http://evil/v2/toola/objects/" + KEY,
+    "/v1/toola/objects/" + KEY,
 ]
 
 
@@ -154,111 +247,135 @@ TRAVERSALS = [
 def test_path_traversal_is_rejected(shared_server: ServerProcess, path: str) -> None:
     body = b"attack"
     headers = {**auth(ADMIN), "X-Content-Hash": header_value(key_of(body))}
-    for method in ("PUT", "GET", "DELETE"):
-        a = request(shared_server.url, method, path, headers, body if method == "PUT" else None)
-        assert a.status in (400, 403, 404), (method, path, a.status)
+    for method in ("PUT", "GET", "DELETE", "POST"):
+        with_body = method in ("PUT", "POST")
+        a = request(shared_server.url, method, path, headers, body if with_body else None)
+        assert a.status in (400, 403, 404, 405), (method, path, a.status)
         assert_json_error(a.body)
     assert_store_contains_only_records(shared_server.data)
 
 
 def assert_store_contains_only_records(data: Path) -> None:
-    """Nothing escaped: every file is tokens, a record in a valid place, or quarantine."""
+    """Nothing escaped: every file is tokens, the server id, a blob, an index, a ref."""
     for root, _dirs, files in os.walk(data):
         rel = Path(root).relative_to(data)
         for name in files:
             parts = rel.parts
-            if parts == () and name in ("tokens.json",):
+            if parts == () and name in ("tokens.json", "server_id", "replication.json"):
                 continue
-            assert parts[:1] in (("ns",), ("quarantine",)), rel / name
+            assert parts[:1] in (("ns",), ("pool",), ("quarantine",)), rel / name
             if parts[:1] == ("ns",):
-                assert len(parts) in (3, 4) and parts[2] in ("objects", "refs"), rel / name
+                assert len(parts) in (2, 3), rel / name
+                if len(parts) == 2:
+                    assert name.startswith("index.sqlite"), rel / name
+                else:
+                    assert parts[2] == "refs", rel / name
+            if parts[:1] == ("pool",):
+                assert len(parts) == 3 and len(name) == 64, rel / name
     assert sorted(p.name for p in data.parent.iterdir() if not p.name.startswith("data")) == [
         "tokens.json"
     ]
 
 
 def test_malformed_missing_requests(shared_server: ServerProcess) -> None:
-    url, path = shared_server.url, f"/v1/{NS_A}/objects:missing"
+    url, path = shared_server.url, f"/v2/{NS_A}/objects:missing"
     for body, code in [
         (b"{not json", "bad_json"),
         (b'{"keys": []}', "bad_json"),
         (b"[1, 2]", "bad_json"),
-        (b'["../../etc/passwd"]', "bad_key"),
+        (b'{"objects": [1]}', "bad_json"),
+        (b'{"objects": [{"id": "../../etc/passwd"}]}', "bad_id"),
+        (b'{"objects": [{"id": "' + KEY.encode() + b'", "sha256": "../x"}]}', "bad_digest"),
+        (
+            b'{"objects": [{"id": "' + KEY.encode() + b'", "sha256": "' + b"A" * 64 + b'"}]}',
+            "bad_digest",
+        ),
         (b"\xff\xfe", "bad_json"),
     ]:
         a = request(url, "POST", path, auth(TOOL_A), body)
         assert a.status == 400, body
         assert_json_error(a.body, code)
-    assert request(url, "POST", path, auth(TOOL_A), b"[]").json() == {"missing": []}
+    assert request(url, "POST", path, auth(TOOL_A), b'{"objects": []}').json() == {"missing": []}
+    too_many = json.dumps({"objects": [{"id": KEY}] * 10_001}).encode()
+    assert request(url, "POST", path, auth(TOOL_A), too_many).status == 413
+
+
+def test_malformed_download_requests(shared_server: ServerProcess) -> None:
+    url, path = shared_server.url, f"/v2/{NS_A}/objects:download"
+    for body, status in [
+        (b"{", 400),
+        (b'{"ids": "x"}', 400),
+        (b'{"ids": ["../x"]}', 400),
+        (json.dumps({"ids": [KEY] * 1001}).encode(), 413),
+    ]:
+        a = request(url, "POST", path, auth(TOOL_A), body)
+        assert a.status == status, body
+        assert_json_error(a.body)
 
 
 def test_missing_content_length_is_411(shared_server: ServerProcess) -> None:
-    data = blob()
-    path = f"/v1/{NS_A}/objects/{key_of(data)}"
-    a = request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), None, length=False)
+    body = upload_body(record())
+    path = f"/v2/{NS_A}/objects:upload"
+    a = request(shared_server.url, "POST", path, auth(TOOL_A), None, length=False)
     assert a.status == 411
     assert_json_error(a.body, "length_required")
-    chunked = put_headers(TOOL_A, data) | {"Transfer-Encoding": "chunked"}
-    a = request(shared_server.url, "PUT", path, chunked, b"5\r\nhello\r\n0\r\n\r\n", False)
+    chunked = auth(TOOL_A) | {"Transfer-Encoding": "chunked"}
+    framed = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    a = request(shared_server.url, "POST", path, chunked, framed, False)
     assert a.status == 411
-    bad = put_headers(TOOL_A, data) | {"Content-Length": "-5"}
-    assert request(shared_server.url, "PUT", path, bad, None, length=False).status == 400
+    assert_json_error(a.body, "length_required")
 
 
-def test_oversized_body_is_413_and_connection_stays_usable(shared_server: ServerProcess) -> None:
-    data = secrets.token_bytes(65536 + 1)  # the shared server allows 65536
-    path = f"/v1/{NS_A}/objects/{key_of(data)}"
+def test_negative_content_length_is_refused(shared_server: ServerProcess) -> None:
+    bad = auth(TOOL_A) | {"Content-Length": "-5"}
+    try:
+        a = request(shared_server.url, "POST", f"/v2/{NS_A}/objects:upload", bad, None, False)
+    except (ConnectionError, OSError):
+        return  # the HTTP parser may drop such a request outright
+    assert a.status == 400
+
+
+def test_oversized_ref_is_413_and_connection_stays_usable(shared_server: ServerProcess) -> None:
+    data = secrets.token_bytes((1 << 20) + 1)
+    path = f"/v2/{NS_A}/refs/big-{secrets.token_hex(4)}"
     conn = connect(shared_server.url)
     try:
         a = send(conn, "PUT", path, put_headers(TOOL_A, data), data)
         assert a.status == 413
         assert_json_error(a.body, "too_large")
-        assert send(conn, "GET", "/v1/health").status == 200  # same connection
+        assert send(conn, "GET", "/v2/health").status == 200  # same connection
     finally:
         conn.close()
-    assert request(shared_server.url, "HEAD", path, auth(TOOL_A)).status == 404
-    assert not list((shared_server.data / "tmp").iterdir())
+    assert request(shared_server.url, "GET", path, auth(TOOL_A)).status == 404
 
 
 def test_unknown_paths_and_methods(shared_server: ServerProcess) -> None:
     url = shared_server.url
     assert request(url, "GET", "/", auth(TOOL_A)).status == 404
-    assert request(url, "GET", f"/v1/{NS_A}/nothing", auth(TOOL_A)).status == 404
-    a = request(url, "POST", f"/v1/{NS_A}/objects/{KEY}", auth(TOOL_A), b"")
+    assert request(url, "GET", f"/v2/{NS_A}/nothing", auth(TOOL_A)).status == 404
+    a = request(url, "POST", f"/v2/{NS_A}/objects/{KEY}", auth(TOOL_A), b"")
     assert a.status == 405 and "allow" in a.headers
-    a = request(url, "PATCH", f"/v1/{NS_A}/objects/{KEY}", auth(TOOL_A), b"")
-    assert a.status == 501
     assert_json_error(a.body)
+    a = request(url, "GET", f"/v2/{NS_A}/objects:upload", auth(TOOL_A))
+    assert a.status == 405
 
 
 def test_garbage_request_does_not_crash_server(shared_server: ServerProcess) -> None:
     parts = urlsplit(shared_server.url)
     assert parts.hostname is not None and parts.port is not None
-    for garbage in [b"GARBAGE\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\x00", b"GET /v1/health\r\n"]:
+    for garbage in [b"GARBAGE\r\n\r\n", b"\x16\x03\x01\x00\xa5\x01\x00\x00", b"GET /v2/health\r\n"]:
         with socket.create_connection((parts.hostname, parts.port), timeout=5) as s:
             s.sendall(garbage)
             s.shutdown(socket.SHUT_WR)
             while s.recv(4096):
                 pass
-    assert request(shared_server.url, "GET", "/v1/health").status == 200
-
-
-def test_only_admin_deletes_objects(shared_server: ServerProcess) -> None:
-    data = blob()
-    path = f"/v1/{NS_A}/objects/{key_of(data)}"
-    request(shared_server.url, "PUT", path, put_headers(TOOL_A, data), data)
-    a = request(shared_server.url, "DELETE", path, auth(TOOL_A))
-    assert a.status == 403
-    assert request(shared_server.url, "HEAD", path, auth(TOOL_A)).status == 200
-    assert request(shared_server.url, "DELETE", path, auth(ADMIN)).status == 200
-    assert request(shared_server.url, "HEAD", path, auth(TOOL_A)).status == 404
-    assert request(shared_server.url, "DELETE", path, auth(ADMIN)).status == 404
+    assert request(shared_server.url, "GET", "/v2/health").status == 200
 
 
 def test_refs_are_append_only_for_tools(shared_server: ServerProcess) -> None:
     url = shared_server.url
-    name = "snap-" + secrets.token_hex(4)
-    path = f"/v1/{NS_A}/refs/{name}"
+    name = "snapshot.2026-12-02T190000Z-" + secrets.token_hex(4)
+    path = f"/v2/{NS_A}/refs/{name}"
     one, two = b'{"root": "1"}', b'{"root": "2"}'
     assert request(url, "PUT", path, put_headers(TOOL_A, one), one).status == 201
     assert request(url, "PUT", path, put_headers(TOOL_A, one), one).status == 200
@@ -266,7 +383,7 @@ def test_refs_are_append_only_for_tools(shared_server: ServerProcess) -> None:
     assert a.status == 409
     assert_json_error(a.body, "conflict")
     assert request(url, "GET", path, auth(TOOL_A)).body == one
-    assert name in request(url, "GET", f"/v1/{NS_A}/refs", auth(TOOL_A)).json()["refs"]
+    assert name in request(url, "GET", f"/v2/{NS_A}/refs", auth(TOOL_A)).json()["refs"]
     assert request(url, "DELETE", path, auth(TOOL_A)).status == 403
     replace = f"{path}?replace=1"
     assert request(url, "PUT", replace, put_headers(TOOL_A, two), two).status == 403
@@ -276,51 +393,66 @@ def test_refs_are_append_only_for_tools(shared_server: ServerProcess) -> None:
     assert request(url, "GET", path, auth(TOOL_A)).status == 404
 
 
+def test_ref_hash_header_is_checked(shared_server: ServerProcess) -> None:
+    url, path = shared_server.url, f"/v2/{NS_A}/refs/h-{secrets.token_hex(4)}"
+    lying = {**auth(TOOL_A), "X-Content-Hash": header_value(key_of(b"other"))}
+    a = request(url, "PUT", path, lying, b"body")
+    assert a.status == 422
+    assert_json_error(a.body, "hash_mismatch")
+    for value in ("", "sha256:" + "0" * 32, "xxh3-128:abc"):
+        a = request(url, "PUT", path, {**auth(TOOL_A), "X-Content-Hash": value}, b"body")
+        assert a.status == 400
+        assert_json_error(a.body, "bad_hash_header")
+    assert request(url, "GET", path, auth(TOOL_A)).status == 404
+    assert not list((shared_server.data / "tmp").iterdir())
+
+
 def test_ref_names_keep_their_case(shared_server: ServerProcess) -> None:
     url = shared_server.url
     suffix = secrets.token_hex(4)
     for name in (f"Snap-{suffix}", f"snap-{suffix}", "CON"):
         body = name.encode()
-        path = f"/v1/{NS_B}/refs/{name}"
+        path = f"/v2/{NS_B}/refs/{name}"
         assert request(url, "PUT", path, put_headers(TOOL_B, body), body).status in (200, 201)
         assert request(url, "GET", path, auth(TOOL_B)).body == body
-    refs = request(url, "GET", f"/v1/{NS_B}/refs", auth(TOOL_B)).json()["refs"]
+    refs = request(url, "GET", f"/v2/{NS_B}/refs", auth(TOOL_B)).json()["refs"]
     assert {f"Snap-{suffix}", f"snap-{suffix}", "CON"} <= set(refs)
 
 
-def test_listing_pages_in_key_order_and_stats(shared_server: ServerProcess) -> None:
+def test_listing_pages_in_id_order_and_stats(shared_server: ServerProcess) -> None:
     url, ns = shared_server.url, "list-" + secrets.token_hex(4)
-    blobs = [secrets.token_bytes(100 + i) for i in range(7)]
-    for b in blobs:
-        path = f"/v1/{ns}/objects/{key_of(b)}"
-        assert request(url, "PUT", path, put_headers(ADMIN, b), b).status == 201
+    records = [make_record(secrets.token_bytes(100 + i)) for i in range(7)]
+    assert upload(url, ns, ADMIN, *records) == ["created"] * 7
     seen: list[str] = []
     after = ""
     while True:
-        page = request(url, "GET", f"/v1/{ns}/objects?after={after}&limit=3", auth(ADMIN)).json()
+        page = request(url, "GET", f"/v2/{ns}/objects?after={after}&limit=3", auth(ADMIN)).json()
         seen += page["keys"]
         if not page["more"]:
             break
         after = page["keys"][-1]
-    assert seen == sorted(key_of(b) for b in blobs)
-    stats = request(url, "GET", f"/v1/{ns}/stats", auth(ADMIN)).json()
-    assert stats == {"objects": 7, "bytes": sum(map(len, blobs)), "refs": 0}
+    assert seen == sorted(r[0] for r in records)
+    stats = request(url, "GET", f"/v2/{ns}/stats", auth(ADMIN)).json()
+    assert stats == {"objects": 7, "bytes": sum(len(r[2]) for r in records), "refs": 0}
     for bad in ("limit=0", "limit=x", "limit=10001", "after=../x"):
-        assert request(url, "GET", f"/v1/{ns}/objects?{bad}", auth(ADMIN)).status == 400
+        assert request(url, "GET", f"/v2/{ns}/objects?{bad}", auth(ADMIN)).status == 400
+    assert ns in request(url, "GET", "/v2/namespaces", auth(ADMIN)).json()["namespaces"]
 
 
-def test_missing_reports_absent_keys_in_order(shared_server: ServerProcess) -> None:
+def test_claim_by_digest_moves_no_bytes_and_first_compression_wins(
+    shared_server: ServerProcess,
+) -> None:
     url = shared_server.url
-    have = blob()
-    request(url, "PUT", f"/v1/{NS_A}/objects/{key_of(have)}", put_headers(TOOL_A, have), have)
-    absent = [key_of(blob()) for _ in range(3)]
-    keys = [absent[0], key_of(have), absent[1], absent[2]]
-    for query in ("", "?verify=1"):
-        a = request(
-            url,
-            "POST",
-            f"/v1/{NS_A}/objects:missing{query}",
-            auth(TOOL_A),
-            json.dumps(keys).encode(),
-        )
-        assert a.json() == {"missing": absent}
+    plain = b"build binary shared by every tool " * 1500
+    id, digest, frame = make_record(plain)
+    ns_x, ns_y = "cx-" + secrets.token_hex(4), "cy-" + secrets.token_hex(4)
+    assert upload(url, ns_x, ADMIN, (id, digest, frame)) == ["created"]
+    assert missing(url, ns_y, ADMIN, [(id, None)]) == [id]
+    assert missing(url, ns_y, ADMIN, [(id, digest)]) == []
+    assert request(url, "GET", f"/v2/{ns_y}/objects/{id}", auth(ADMIN)).body == frame
+    # Another tool uploading the same content with another compression stores nothing new.
+    ns_z = "cz-" + secrets.token_hex(4)
+    raw = b"\x00" + struct.pack("<I", len(plain)) + plain
+    assert inspect_frame(raw).sha256 == digest and raw != frame
+    assert upload(url, ns_z, ADMIN, (id, digest, raw)) == ["created"]
+    assert request(url, "GET", f"/v2/{ns_z}/objects/{id}", auth(ADMIN)).body == frame

@@ -1,20 +1,18 @@
-"""Unit tests below HTTP: names, record format, token table, and a full disk (in-process)."""
+"""Unit tests below HTTP: names, record formats, the store's rules, the token table."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import threading
-from collections.abc import Iterator
+import struct
 from pathlib import Path
 
 import pytest
-import requests
 
 from remote import auth, names, objfile
+from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH
+from remote.frames import make_record
 from remote.hashing import header_value, hexdigest, parse_header
-from remote.server import ApiServer, make_server
+from remote.nsindex import NamespaceIndex
 from remote.store import DiskStore
 
 
@@ -75,14 +73,46 @@ def test_receive_removes_temp_on_mismatch_and_short_body(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == []
 
 
-def test_existing_sound_object_is_never_overwritten(tmp_path: Path) -> None:
+def test_first_upload_of_a_content_wins_and_ids_never_remap(tmp_path: Path) -> None:
     store = DiskStore(tmp_path)
     store.prepare()
-    key = hexdigest(b"original")
-    assert store.commit_object("ns", key, objfile.write_bytes(store.tmp_dir, b"original"))
-    assert not store.commit_object("ns", key, objfile.write_bytes(store.tmp_dir, b"garbage"))
-    assert store.read_object("ns", key) == (b"original", key)
+    plain = b"original" * 100
+    id, digest, frame = make_record(plain)
+    first = store.accept("ns", id, digest, frame)
+    assert first.status == CREATED and first.row == (id, digest, len(frame))
+    store.commit("ns", [first])
+    raw = b"\x00" + struct.pack("<I", len(plain)) + plain  # same content, not compressed
+    again = store.accept("ns", id, digest, raw)
+    assert again.status == EXISTS and again.row is None
+    assert store.read_object("ns", id) == (frame, digest)
+    other = store.accept("other", id, digest, raw)
+    assert other.status == CREATED and other.staged is None  # mapped to the one blob
+    store.commit("other", [other])
+    assert store.pool.read(digest)[1] == frame
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_accept_checks_frame_and_both_hashes(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    store.prepare()
+    id, digest, frame = make_record(b"abc" * 50)
+    other_id, other_digest, _ = make_record(b"xyz")
+    assert store.accept("ns", other_id, digest, frame).status == HASH_MISMATCH
+    assert store.accept("ns", id, other_digest, frame).status == HASH_MISMATCH
+    assert store.accept("ns", id, digest, frame[:-1]).status == BAD_FRAME
+    assert not any(store.pool.root.rglob("*"))
+
+
+def test_index_logs_every_mapping_for_replication(tmp_path: Path) -> None:
+    index = NamespaceIndex(tmp_path / "i.sqlite")
+    index.add_many([("a" * 32, "1" * 64, 10), ("b" * 32, "2" * 64, 20)])
+    index.add_many([("c" * 32, "3" * 64, 30)])
+    assert index.max_seq() == 3
+    assert index.changes(1, 3, 10) == [(2, "b" * 32, "2" * 64), (3, "c" * 32, "3" * 64)]
+    assert index.changes(0, 3, 1) == [(1, "a" * 32, "1" * 64)]
+    assert index.stats() == (3, 60)
+    assert index.list("a" * 32, 1) == (["b" * 32], True)
+    index.close()
 
 
 def test_prepare_drops_crash_leftovers(tmp_path: Path) -> None:
@@ -106,48 +136,3 @@ def test_tokens_by_hash_and_scope(tmp_path: Path) -> None:
     assert grant is not None and not grant.is_admin
     assert grant.reaches("tool01") and grant.reaches("TOOL01") and not grant.reaches("tool02")
     assert table.lookup("sha256:" + hashlib.sha256(secret.encode()).hexdigest()) is None
-
-
-@pytest.fixture
-def inprocess(tmp_path: Path) -> Iterator[tuple[ApiServer, str]]:
-    token = "t" * 20
-    tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps({"tokens": {token: {"role": "tool", "namespaces": "*"}}}))
-    store = DiskStore(tmp_path / "data")
-    store.prepare()
-    httpd = make_server(("127.0.0.1", 0), store, auth.TokenTable(tokens))
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield httpd, token
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
-
-
-def test_disk_full_gives_507_and_no_partial_file(
-    inprocess: tuple[ApiServer, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    httpd, token = inprocess
-
-    def full(fd: int) -> None:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(objfile.os, "fsync", full)
-    data = b"x" * 5000
-    key = hexdigest(data)
-    with requests.Session() as s:
-        r = s.put(
-            f"{httpd.url}/v1/ns1/objects/{key}",
-            data=data,
-            headers={"Authorization": f"Bearer {token}", "X-Content-Hash": header_value(key)},
-            timeout=10,
-        )
-        assert r.status_code == 507
-        assert r.json()["error"] == "insufficient_storage"
-        monkeypatch.undo()
-        assert s.get(f"{httpd.url}/v1/health", timeout=10).status_code == 200
-    store = httpd.config.store
-    assert list(store.tmp_dir.iterdir()) == []
-    assert not store.object_path("ns1", key).exists()

@@ -1,10 +1,11 @@
 """Crash-test pruner: writes snapshots and prunes them in a loop until killed.
 
-Run as ``python -m tests.prune.prune_crash_helper STORE SEED``. A writer thread adds
+Run as ``python -m tests.unit.prune_crash_helper STORE SEED``. A writer thread adds
 snapshots reusing a pool of contents (dedup against objects that are dead at the mark);
-the main thread forgets all but the pinned and the newest two and collects with
-aggressive repacking. Prints ``ready`` once, then ``pinned NAME`` for the snapshot it
-pins: the test kills it with SIGKILL at a random instant and checks the store.
+the main thread forgets all but the pinned and the newest three, rewrites two of the
+survivors without ``d1/**`` (a per-path rule) and collects with aggressive repacking.
+Prints ``ready`` once, then ``pinned NAME`` for the snapshot it pins: the test kills it
+with SIGKILL at a random instant and checks the store.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import threading
 
 from dpmsfs.store import SnapshotRecord, Store, gc
+from dpmsfs.store.retention import PathMatcher
 from tests.unit.store_util import IDENTITY, T0, write_tree_from_dict
 
 POOL = [random.Random(i).randbytes(random.Random(i).randint(1_000, 40_000)) for i in range(30)]
@@ -53,9 +55,13 @@ def main() -> None:
             take(r)
 
     threading.Thread(target=writer, daemon=True).start()
+    drop_d1 = [PathMatcher("d1/**")]
     while True:
-        names = [r.name for r in store.list_snapshots()]
-        gc.forget_snapshots(store, names[:-2])
+        records = list(store.list_snapshots())
+        gc.forget_snapshots(store, [r.name for r in records[:-3]])
+        for record in records[-3:-1]:  # a per-path rule on the older survivors
+            if not record.pruned and record.name != first:
+                gc.rewrite_without(store, record.name, drop_d1)
         gc.collect(store, repack_below=0.95)
 
 

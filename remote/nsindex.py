@@ -1,0 +1,140 @@
+"""A namespace's map from object id (xxh3-128) to pool digest (SHA-256), in SQLite.
+
+One database file per namespace, `DIR/ns/<namespace>/index.sqlite`, instead of one file per
+mapping: a tool holds 10^5-10^6 objects, and 12 tools with a file per mapping would put
+millions of tiny files on the server's NTFS volume (slow to create, to back up and to scan),
+while SQLite answers `missing` for 1000 ids with one indexed lookup each and commits a
+whole upload batch with one WAL fsync. SQLite ships with Python on Windows and Linux.
+
+Schema (contract, docs/remote-api.md):
+
+    CREATE TABLE objects (id TEXT PRIMARY KEY, digest TEXT NOT NULL, frame_size INTEGER
+                          NOT NULL) WITHOUT ROWID
+    CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL)
+
+`log` numbers every mapping as it is created (same transaction), so replication can ask
+"what was mapped after sequence number N" instead of comparing whole maps with the peer.
+
+`journal_mode=WAL` and `synchronous=FULL`: a commit is on disk when `add_many` returns, so
+the server may answer 200 after it. A row is inserted only after the server verified that
+the blob `digest` holds plain content whose xxh3-128 is `id`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+Rows = list[tuple[int, str, str]]
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS objects (id TEXT PRIMARY KEY, digest TEXT NOT NULL, "
+    "frame_size INTEGER NOT NULL) WITHOUT ROWID"
+)
+_LOG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL)"
+)
+_BATCH = 500  # SQLite's default limit of host parameters is 999 (older) / 32766 (newer)
+
+
+class NamespaceIndex:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self._db.execute(_LOG_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, str]:
+        """{id: digest} for those of `ids` that are mapped."""
+        out: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(ids), _BATCH):
+                part = list(ids[start : start + _BATCH])
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(
+                    f"SELECT id, digest FROM objects WHERE id IN ({marks})", part
+                )
+                out.update(rows)
+        return out
+
+    def get(self, id: str) -> str | None:
+        return self.lookup([id]).get(id)
+
+    def add_many(self, rows: Iterable[tuple[str, str, int]]) -> None:
+        """Insert or replace (id, digest, frame_size) rows in one durable transaction."""
+        rows = list(rows)
+        if not rows:
+            return
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO objects (id, digest, frame_size) VALUES (?, ?, ?)",
+                    rows,
+                )
+                self._db.executemany("INSERT INTO log (id) VALUES (?)", [(r[0],) for r in rows])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def delete(self, id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM objects WHERE id = ?", (id,))
+            return cur.rowcount > 0
+
+    def list(self, after: str, limit: int) -> tuple[list[str], bool]:
+        """Ids greater than `after` in order, at most `limit`; and whether more follow."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM objects WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
+            ).fetchall()
+        ids = [r[0] for r in rows]
+        return ids[:limit], len(ids) > limit
+
+    def stats(self) -> tuple[int, int]:
+        """(mapped objects, their frame bytes)."""
+        with self._lock:
+            count, total = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(frame_size), 0) FROM objects"
+            ).fetchone()
+        return int(count), int(total)
+
+    def iter_rows(self, page: int = 10_000) -> Iterable[tuple[str, str]]:
+        """Every (id, digest), in id order, paged so the lock is never held for long."""
+        after = ""
+        while True:
+            with self._lock:
+                rows = self._db.execute(
+                    "SELECT id, digest FROM objects WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, page),
+                ).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            after = rows[-1][0]
+
+    def max_seq(self) -> int:
+        with self._lock:
+            (seq,) = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM log").fetchone()
+        return int(seq)
+
+    def changes(self, after_seq: int, up_to: int, limit: int) -> Rows:
+        """(seq, id, digest) of mappings logged in (after_seq, up_to], still mapped."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT log.seq, log.id, objects.digest FROM log JOIN objects USING (id) "
+                "WHERE log.seq > ? AND log.seq <= ? ORDER BY log.seq LIMIT ?",
+                (after_seq, up_to, limit),
+            ).fetchall()
+        return [(int(a), str(b), str(c)) for a, b, c in rows]
