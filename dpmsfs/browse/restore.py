@@ -308,7 +308,7 @@ class Restorer:
                 else (contents[c] for c in entry.content)
             )
             for data in chunks:
-                os.write(fd, data)
+                _write_all(fd, data)
                 lengths.append(len(data))
                 written += len(data)
                 with self._stats_lock:
@@ -410,6 +410,15 @@ class Restorer:
         if now - self._last_progress >= 1.0:
             self._last_progress = now
             self.progress(self.stats)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data`: on a file system that fills up, write(2) first writes what
+    fits and returns less, and only the next call fails with ENOSPC, which is the error
+    the operator should see (not a failed read-back check)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _is_temporary(name: bytes) -> bool:

@@ -203,8 +203,13 @@ def _report(stats: dict[str, Any], snapshot: str, target: str) -> int:
 
 def open_server_source(args: argparse.Namespace) -> RemoteSource:
     """The tool's namespace on the server, from --server/--tool/--token-file/--tls-ca."""
+    import logging
+
     from dpmsfs.browse.source import open_server
 
+    if getattr(args, "log_level", "WARNING") == "WARNING":
+        # its "giving up" warning says what our one-line error says again
+        logging.getLogger("remote.retry").setLevel(logging.ERROR)
     urls = [u.strip() for u in args.server.split(",") if u.strip()]
     if not urls:
         raise UsageError("--server needs at least one URL")

@@ -249,7 +249,7 @@ def test_snapshots_read_of_a_chunk_missing_locally_is_served_by_the_server(
         assert time.monotonic() - started < 30
     finally:
         mount.stop()
-    assert "reading it from the server" in mount.log()
+    assert "reading it from the server" in mount.log_path.read_text()
 
 
 def test_disk_full_is_one_line_and_the_same_command_resumes(
