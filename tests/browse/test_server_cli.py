@@ -282,3 +282,42 @@ def test_disk_full_is_one_line_and_the_same_command_resumes(
             subprocess.run(["umount", "-l", str(target)], check=False)
     finally:
         mount.stop()
+
+
+def test_a_chunk_corrupted_on_the_server_is_a_clear_error_and_never_written(
+    workdir: Path, store_dir: Path, server: ServerProcess, token_file: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from dpmsfs.browse.reader import SnapshotReader
+
+    mount = CliMount(workdir, "--store", str(store_dir))
+    try:
+        (workdir / "good.txt").write_text("fine")
+        (workdir / "bad.stdf").write_bytes(os.urandom(3 << 20))
+        name = cli_snapshot(workdir, store_dir)
+        publish(store_dir, server, name)
+        store = Store.open(str(store_dir), readonly=True)
+        try:
+            reader = SnapshotReader(store)
+            entry = reader.lookup(reader.snapshot(name).root_tree_id, b"bad.stdf")
+            assert entry is not None
+            victim = entry.content[-1]
+            digest = hashlib.sha256(store.read_object(victim)).hexdigest()
+        finally:
+            store.close()
+    finally:
+        mount.stop()
+    blob = server.data / "pool" / digest[:2] / digest[2:4] / digest
+    damaged = bytearray(blob.read_bytes())
+    damaged[-1] ^= 0xFF  # a bit flip in the frame's payload, as a failing disk would
+    blob.write_bytes(bytes(damaged))
+
+    target = tmp_path / "formatted"
+    result = server_restore(server, token_file, target, "--snapshot", name)
+    assert result.returncode == 3, result.stderr
+    assert f"no intact copy of object {victim.hex()}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (target / "bad.stdf").exists()  # nothing silently wrong written
+    leftovers = [p for p in target.iterdir() if p.name not in ("good.txt",)]
+    assert [p.name for p in leftovers] == [".dpmsfs-restore-state.json"]
