@@ -321,3 +321,37 @@ def test_a_chunk_corrupted_on_the_server_is_a_clear_error_and_never_written(
     assert not (target / "bad.stdf").exists()  # nothing silently wrong written
     leftovers = [p for p in target.iterdir() if p.name not in ("good.txt",)]
     assert [p.name for p in leftovers] == [".dpmsfs-restore-state.json"]
+
+
+def test_progress_on_a_terminal_only(
+    published: tuple[Path, str, list[bytes]],
+    server: ServerProcess,
+    token_file: Path,
+    tmp_path: Path,
+) -> None:
+    import pty
+
+    _, name, _ = published
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dpmsfs.cli.main", "restore", "--server", server.url, "--tool",
+         NS_A, "--token-file", str(token_file), "--to", str(tmp_path / "tty"), "--snapshot",
+         name],
+        stdout=subprocess.DEVNULL, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    shown = b""
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(primary)
+    assert proc.wait(timeout=60) == 0
+    assert b"\rrestored " in shown and b"/s" in shown
+
+    quiet = server_restore(server, token_file, tmp_path / "pipe", "--snapshot", name)
+    assert quiet.returncode == 0 and "\r" not in quiet.stderr
