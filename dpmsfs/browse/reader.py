@@ -38,7 +38,11 @@ class SnapshotReader:
         return found
 
     def tree(self, tree_id: bytes) -> list[TreeEntry]:
-        return read_tree(self.source, tree_id)
+        entries = read_tree(self.source, tree_id)
+        subtrees = [e.content[0] for e in entries if e.type == EntryType.DIR]
+        if subtrees:  # a walk reads them next: from the server, ask for them all now
+            self.source.prefetch(subtrees)
+        return entries
 
     def lookup(self, root_tree_id: bytes, path: bytes) -> TreeEntry | None:
         """The entry at `path` (relative, b"" for the root: None) in a snapshot's tree."""

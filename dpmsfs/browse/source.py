@@ -42,6 +42,8 @@ SNAPSHOT_REF_PREFIX = "snapshot."
 # does not hold up the rest and memory stays bounded.
 BATCH_IDS = 256
 BATCH_BYTES = 8 << 20
+# Trees fetched ahead of the walk and not read yet, at most (a few KiB each, typically).
+PREFETCH_MAX = 4096
 _NOT_ON_SERVER = "the server has no intact copy of object %s"
 
 
@@ -66,6 +68,10 @@ class ObjectSource(Protocol):
     def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
         """As read_objects, for the chunks of one large file: up to `window` of them
         fetched at once where fetching has latency (the server)."""
+        ...
+
+    def prefetch(self, oids: Sequence[bytes]) -> None:
+        """A hint: these objects (subtrees of a directory just read) will be read soon."""
         ...
 
     def get_snapshot(self, name: str) -> SnapshotRecord | None: ...
@@ -108,6 +114,9 @@ class StoreSource:
     def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
         return self.read_objects(oids)
 
+    def prefetch(self, oids: Sequence[bytes]) -> None:
+        pass  # local reads have no latency to hide
+
     def get_snapshot(self, name: str) -> SnapshotRecord | None:
         return self.store.get_snapshot(name)
 
@@ -139,18 +148,43 @@ class RemoteSource:
     def __init__(self, backend: Backend, *, connections: int = 4) -> None:
         self.backend = backend
         self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="fetch")
+        # Trees on their own threads: the walk waits for them, and must not queue behind
+        # the chunks of large files. Fetched a directory ahead (`prefetch`): measured on a
+        # full restore of the 2.2 GB tree, the walk spent 27 of 83 s waiting for its 736
+        # trees one request at a time.
+        self._tree_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trees")
+        self._prefetched: dict[bytes, tuple[Future[list[bytes]], int]] = {}
+        self._prefetch_lock = threading.Lock()
         self._counter_lock = threading.Lock()
         self.fetched_objects = 0  # objects downloaded, for progress and tests
         self.fetched_bytes = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._tree_pool.shutdown(wait=True, cancel_futures=True)
         self.backend.close()
 
     # --- objects -----------------------------------------------------------------------
+    def prefetch(self, oids: Sequence[bytes]) -> None:
+        with self._prefetch_lock:
+            room = PREFETCH_MAX - len(self._prefetched)
+            todo = [oid for oid in dict.fromkeys(oids) if oid not in self._prefetched][:room]
+            for start in range(0, len(todo), BATCH_IDS):
+                batch = todo[start : start + BATCH_IDS]
+                future = self._tree_pool.submit(self._fetch_batch, batch)
+                for index, oid in enumerate(batch):
+                    self._prefetched[oid] = (future, index)
+
     def read_object(self, oid: bytes) -> bytes:
         from remote.errors import NotFoundError as RemoteNotFound
 
+        with self._prefetch_lock:
+            ahead = self._prefetched.pop(oid, None)
+        if ahead is not None:
+            try:
+                return ahead[0].result()[ahead[1]]
+            except DpmsError:
+                pass  # (one of) the batch failed: ask for this one alone, for its own error
         try:
             frame = self._call(self.backend.load, oid.hex())
         except RemoteNotFound:
@@ -278,6 +312,9 @@ class LocalThenRemote:
     def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
         return self.read_objects(oids)
 
+    def prefetch(self, oids: Sequence[bytes]) -> None:
+        pass  # local reads have no latency to hide
+
     def get_snapshot(self, name: str) -> SnapshotRecord | None:
         return self.local.get_snapshot(name) or self.remote.get_snapshot(name)
 
@@ -324,7 +361,7 @@ def open_server(
             token,
             retrier=Retrier(RetryPolicy(deadline=deadline)),
             tls_verify=str(tls_ca) if tls_ca else True,
-            pool_size=connections + 2,
+            pool_size=connections + 3,
         )
     except ValueError as exc:
         raise UsageError(f"tool {tool!r}: {exc}") from None
