@@ -26,7 +26,7 @@ from dpmsfs.config import Config, remember_store
 from dpmsfs.control import Handler, serve_control
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
-from dpmsfs.fs.snapshot_mount import SnapshotView
+from dpmsfs.fs.snapshot_mount import SnapshotView, server_arguments
 from dpmsfs.monitor import Monitor
 from dpmsfs.prune import PruneService, set_pin
 from dpmsfs.store import gc as store_gc
@@ -203,7 +203,12 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             await serve_control(config.control_socket, handlers)
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        view = SnapshotView(config.workdir, config.store, level)
+        view = SnapshotView(
+            config.workdir,
+            config.store,
+            level,
+            server_arguments(config.server, config.tool_id, config.token_file, config.tls_ca),
+        )
         services: list[Service] = [
             engine.run, control, view.run, pruner.run, monitor.run_alerts, monitor.run_metrics,
         ]  # fmt: skip
