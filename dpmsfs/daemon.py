@@ -76,7 +76,14 @@ def _tune_gc() -> None:
 def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
     """Serve `config.workdir` until unmounted or signalled."""
     _tune_gc()
-    options = MountOptions(config.workdir, fd_budget=config.fd_budget)
+    options = MountOptions(
+        config.workdir,
+        fd_budget=config.fd_budget,
+        live_fuse=config.live_fuse,
+        passthrough=config.passthrough,
+        open_writer_recapture_seconds=config.open_writer_recapture_seconds,
+    )
+    live: dict[str, Any] = {"layer": config.live_fuse}
     if not capture:
         serve(options)
         return
@@ -91,6 +98,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
+            report["fuse"] = dict(live)
             return {"status": report}
 
         async def ping(_: dict[str, Any]) -> dict[str, Any]:
@@ -135,10 +143,20 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)
         services: list[Service] = [engine.run, control, view.run]
+        def mounted(mount: Any) -> None:
+            # What INIT negotiated, for `dpmsfs status` (the pyfuse3 path: never
+            # passthrough, and libfuse 3.14 cannot ask for HANDLE_KILLPRIV_V2).
+            live.update(
+                mount.status()
+                if hasattr(mount, "status")
+                else {"layer": "pyfuse3", "passthrough": False, "killpriv_v2": False}
+            )
+
         serve(
             options,
             engine.journal,
             services,
+            on_ready=mounted,
             snapshots=SnapshotTree(store),
             before_unmount=view.stop,
         )

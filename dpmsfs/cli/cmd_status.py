@@ -91,6 +91,18 @@ def render(r: dict[str, Any]) -> str:
         )
     if r.get("snapshot_view"):
         lines.append(f"snapshot view   {r['snapshot_view']}")
+    if r.get("fuse"):
+        lines.append(f"fuse            {_fuse_line(r['fuse'])}")
     if r.get("errors"):
         lines.append(f"errors          {r['errors']} (last: {r['last_error']})")
     return "\n".join(lines)
+
+
+def _fuse_line(fuse: dict[str, Any]) -> str:
+    """The live mount's FUSE layer and what INIT negotiated with the kernel."""
+    parts = [f"layer {fuse.get('layer', '?')}"]
+    if fuse.get("protocol"):
+        parts.append(f"protocol {fuse['protocol']}")
+    parts.append(f"passthrough {'on' if fuse.get('passthrough') else 'off'}")
+    parts.append(f"killpriv_v2 {'on' if fuse.get('killpriv_v2') else 'off'}")
+    return ", ".join(parts)

@@ -93,6 +93,7 @@ class KernelPassthroughOperations(Operations):
         self._files: dict[int, _OpenFile] = {}
         self._dirs: dict[int, _OpenDir] = {}
         self._backing: dict[int, list[int]] = {}  # inode -> [backing id, opens]
+        self._cached_opens: dict[int, int] = {}  # inode -> opens served without it
         self._lock = threading.RLock()
         self.negotiated: Negotiated | None = None
         self.passthrough = False
@@ -474,14 +475,14 @@ class KernelPassthroughOperations(Operations):
             flags = (flags & ~os.O_ACCMODE) | os.O_RDWR
         return (flags & ~os.O_APPEND) | os.O_CLOEXEC
 
-    def _opened(self, node: Node, fd: int, flags: int) -> bytes:
+    def _opened(self, node: Node, fd: int, flags: int, created: bool = False) -> bytes:
         """Register an open handle; the reply, with passthrough where granted."""
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         handle = _OpenFile(node, fd, writable)
         open_flags = abi.FOPEN_KEEP_CACHE
         backing_id = 0
-        if self.passthrough and self._backing_open is not None:
-            shared = self._backing.get(node.ino)
+        shared = self._backing.get(node.ino)
+        if self._may_pass_through(node, fd, shared is not None):
             try:
                 if shared is None:
                     shared = [self._backing_open(fd), 0]
@@ -492,13 +493,33 @@ class KernelPassthroughOperations(Operations):
                 open_flags = abi.FOPEN_PASSTHROUGH
             except OSError as exc:
                 log.warning("passthrough refused for %r: %s", self.inodes.path(node), exc)
-        if writable and self.passthrough:
+        if not handle.backing:
+            self._cached_opens[node.ino] = self._cached_opens.get(node.ino, 0) + 1
+        if writable and handle.backing:
             # Writes are not seen here: an open for writing is a change (at release).
             handle.wrote = True
-            self._record(ChangeKind.WRITE, node)
+            if not created:  # CREATE already says so
+                self._record(ChangeKind.WRITE, node)
         self._files[fd] = handle
         node.open_count += 1
         return replies.open_out(fd, open_flags, backing_id)
+
+    def _may_pass_through(self, node: Node, fd: int, has_backing: bool) -> bool:
+        """Whether this open may be FOPEN_PASSTHROUGH.
+
+        The kernel refuses to mix passthrough and daemon-served opens of one inode
+        (ETXTBSY), so an inode with either kind open keeps that kind. Set-id files
+        are never passed through: the kernel's write to the backing file runs with
+        our (root) credentials and would keep the set-id bits an unprivileged write
+        must clear; served here, each WRITE carries WRITE_KILL_SUIDGID instead."""
+        if not self.passthrough or self._backing_open is None:
+            return False
+        if has_backing:
+            return True
+        if self._cached_opens.get(node.ino, 0):
+            return False
+        mode = os.fstat(fd).st_mode
+        return not (mode & stat.S_ISUID or (mode & stat.S_ISGID and mode & stat.S_IXGRP))
 
     def open(self, req: Request, flags: int, open_flags: int) -> bytes:
         with self._lock:
@@ -538,7 +559,7 @@ class KernelPassthroughOperations(Operations):
                     _kill_setid(fd)
                 st = os.fstat(fd)
                 node = self.inodes.remember(parent, name, st)
-                reply = self._opened(node, fd, flags | os.O_RDWR)
+                reply = self._opened(node, fd, flags, created=True)
             except OSError:
                 os.close(fd)
                 raise
@@ -578,6 +599,12 @@ class KernelPassthroughOperations(Operations):
             finally:
                 if handle.backing:
                     self._drop_backing(handle.node)
+                else:
+                    left = self._cached_opens.get(handle.node.ino, 0) - 1
+                    if left > 0:
+                        self._cached_opens[handle.node.ino] = left
+                    else:
+                        self._cached_opens.pop(handle.node.ino, None)
                 if handle.wrote:
                     self._record(ChangeKind.CLOSE_WRITE, handle.node)
                 self.inodes.release_open(handle.node)
