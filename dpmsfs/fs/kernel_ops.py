@@ -479,7 +479,9 @@ class KernelPassthroughOperations(Operations):
         """Register an open handle; the reply, with passthrough where granted."""
         writable = flags & os.O_ACCMODE != os.O_RDONLY
         handle = _OpenFile(node, fd, writable)
-        open_flags = abi.FOPEN_KEEP_CACHE
+        # NOFLUSH: nothing to do at close() for a local file, so the kernel sends no
+        # FLUSH (and close() cannot fail once the daemon is gone).
+        open_flags = abi.FOPEN_KEEP_CACHE | abi.FOPEN_NOFLUSH
         backing_id = 0
         shared = self._backing.get(node.ino)
         if self._may_pass_through(node, fd, shared is not None):
@@ -490,7 +492,7 @@ class KernelPassthroughOperations(Operations):
                 shared[1] += 1
                 handle.backing = True
                 backing_id = shared[0]
-                open_flags = abi.FOPEN_PASSTHROUGH
+                open_flags = abi.FOPEN_PASSTHROUGH | abi.FOPEN_NOFLUSH
             except OSError as exc:
                 log.warning("passthrough refused for %r: %s", self.inodes.path(node), exc)
         if not handle.backing:

@@ -132,7 +132,7 @@ class CliMount:
 class ThreadMount:
     """The FUSE loop in a thread of the test process, so tests can read its sink."""
 
-    def __init__(self, workdir: Path, fd_budget: int = 4096) -> None:
+    def __init__(self, workdir: Path, fd_budget: int = 4096, recapture: float = 120.0) -> None:
         self.workdir = workdir
         self.sink = RecordingSink()
         self.error: BaseException | None = None
@@ -146,7 +146,9 @@ class ThreadMount:
         def run() -> None:
             try:
                 serve(
-                    MountOptions(workdir, fd_budget=fd_budget),
+                    MountOptions(
+                        workdir, fd_budget=fd_budget, open_writer_recapture_seconds=recapture
+                    ),
                     self.sink,
                     on_ready=started,
                     handle_signals=False,
