@@ -44,8 +44,9 @@ class Config:
     # DPMSFS_PASSTHROUGH override the defaults (the test matrix runs both settings).
     live_fuse: str = field(default_factory=lambda: os.environ.get("DPMSFS_LIVE_FUSE", "kernel"))
     passthrough: bool = field(
-        default_factory=lambda: os.environ.get("DPMSFS_PASSTHROUGH", "1").lower()
-        not in ("0", "false", "no", "off")
+        default_factory=lambda: (
+            os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
+        )
     )
     open_writer_recapture_seconds: float = 120.0  # a file held open for writing, re-captured
 
@@ -165,7 +166,7 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
         raise UsageError(f"bad configuration: {exc}") from None
     check_store_location(config)
     if config.live_fuse not in ("kernel", "pyfuse3"):
-        raise UsageError(f"live_fuse must be \"kernel\" or \"pyfuse3\", not {config.live_fuse!r}")
+        raise UsageError(f'live_fuse must be "kernel" or "pyfuse3", not {config.live_fuse!r}')
     return config
 
 

@@ -143,6 +143,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)
         services: list[Service] = [engine.run, control, view.run]
+
         def mounted(mount: Any) -> None:
             # What INIT negotiated, for `dpmsfs status` (the pyfuse3 path: never
             # passthrough, and libfuse 3.14 cannot ask for HANDLE_KILLPRIV_V2).

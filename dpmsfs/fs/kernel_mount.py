@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import faulthandler
+import json
 import logging
 import os
 import signal
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WORKERS = 3
+# Benchmarks set this to a file: FUSE requests per opcode are counted and written there
+# about every 0.2 s (scripts/bench_workloads.py reads the difference per workload).
+REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
 
 
 def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
@@ -63,6 +67,16 @@ class LiveMount:
             report.update(self.session.negotiated.as_dict())
             report["passthrough"] = self.operations.passthrough
         return report
+
+
+async def write_request_counts(session: Session, path: str) -> None:
+    while True:
+        counts = dict(session.request_counts)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(counts, out)
+        os.replace(tmp, path)
+        await trio.sleep(0.2)
 
 
 async def recapture_open_writers(
@@ -137,6 +151,10 @@ def serve(
         session.unmount()
 
     all_services = list(services)
+    counts_path = os.environ.get(REQUEST_COUNTS_ENV)
+    if counts_path:
+        session.count_requests = True
+        all_services.append(lambda: write_request_counts(session, counts_path))
     if options.open_writer_recapture_seconds > 0:
         interval = options.open_writer_recapture_seconds
         all_services.append(lambda: recapture_open_writers(ops, sink, interval))

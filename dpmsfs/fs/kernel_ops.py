@@ -46,7 +46,7 @@ _SETID = stat.S_ISUID | stat.S_ISGID
 
 
 class _OpenFile:
-    __slots__ = ("backing", "fd", "node", "wrote", "writable")
+    __slots__ = ("backing", "fd", "node", "writable", "wrote")
 
     def __init__(self, node: Node, fd: int, writable: bool) -> None:
         self.node = node
@@ -454,9 +454,7 @@ class KernelPassthroughOperations(Operations):
                 os.link(_PROC_FD % node.fd, new_name, dst_dir_fd=new_fd, follow_symlinks=True)
             else:
                 dir_fd, name = self.inodes.locate(node)
-                os.link(
-                    name, new_name, src_dir_fd=dir_fd, dst_dir_fd=new_fd, follow_symlinks=False
-                )
+                os.link(name, new_name, src_dir_fd=dir_fd, dst_dir_fd=new_fd, follow_symlinks=False)
             st = os.stat(new_name, dir_fd=new_fd, follow_symlinks=False)
             if not node.pinned:
                 # Now hard-linked: the name we know it by may vanish without our noticing.
@@ -484,10 +482,11 @@ class KernelPassthroughOperations(Operations):
         open_flags = abi.FOPEN_KEEP_CACHE | abi.FOPEN_NOFLUSH
         backing_id = 0
         shared = self._backing.get(node.ino)
-        if self._may_pass_through(node, fd, shared is not None):
+        register = self._backing_open
+        if register is not None and self._may_pass_through(node, fd, shared is not None):
             try:
                 if shared is None:
-                    shared = [self._backing_open(fd), 0]
+                    shared = [register(fd), 0]
                     self._backing[node.ino] = shared
                 shared[1] += 1
                 handle.backing = True
@@ -574,7 +573,9 @@ class KernelPassthroughOperations(Operations):
             return self._snapshot_view().read(fh, offset, size)
         return os.pread(fh, size, offset)
 
-    def write(self, req: Request, fh: int, offset: int, data: memoryview, write_flags: int) -> bytes:
+    def write(
+        self, req: Request, fh: int, offset: int, data: memoryview, write_flags: int
+    ) -> bytes:
         if self.killpriv and write_flags & abi.WRITE_KILL_SUIDGID:
             _kill_setid(fh)
         written = os.pwrite(fh, data, offset)
@@ -708,7 +709,9 @@ class KernelPassthroughOperations(Operations):
                         break
                     continue
                 attr = self._attr(st)
-                entry = replies.entry(attr.ino, attr, CACHE_TIMEOUT, CACHE_TIMEOUT) if plus else None
+                entry = (
+                    replies.entry(attr.ino, attr, CACHE_TIMEOUT, CACHE_TIMEOUT) if plus else None
+                )
                 if not buffer.add(name, index + 1, attr, entry):
                     break
                 if plus:

@@ -18,9 +18,9 @@ import os
 import signal
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio

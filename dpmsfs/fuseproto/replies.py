@@ -119,7 +119,9 @@ class DirentBuffer:
             return False
         dtype = stat.S_IFMT(attr.mode) >> 12
         if self._plus:
-            self._parts.append(entry_bytes if entry_bytes is not None else bytes(abi.ENTRY_OUT_SIZE))
+            self._parts.append(
+                entry_bytes if entry_bytes is not None else bytes(abi.ENTRY_OUT_SIZE)
+            )
         self._parts.append(abi.DIRENT_HEAD.pack(attr.ino, next_offset, namelen, dtype))
         self._parts.append(name + bytes(padded - namelen))
         self._used += record

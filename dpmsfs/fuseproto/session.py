@@ -117,7 +117,9 @@ class Operations:
     def rmdir(self, req: Request, name: bytes) -> bytes:
         raise OSError(errno.ENOSYS, "rmdir")
 
-    def rename(self, req: Request, name: bytes, new_parent: int, new_name: bytes, flags: int) -> bytes:
+    def rename(
+        self, req: Request, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bytes:
         raise OSError(errno.ENOSYS, "rename")
 
     def link(self, req: Request, old_node: int, new_name: bytes) -> bytes:
@@ -132,7 +134,9 @@ class Operations:
     def read(self, req: Request, fh: int, offset: int, size: int) -> bytes:
         raise OSError(errno.ENOSYS, "read")
 
-    def write(self, req: Request, fh: int, offset: int, data: memoryview, write_flags: int) -> bytes:
+    def write(
+        self, req: Request, fh: int, offset: int, data: memoryview, write_flags: int
+    ) -> bytes:
         raise OSError(errno.ENOSYS, "write")
 
     def statfs(self, req: Request) -> bytes:
@@ -245,6 +249,7 @@ class Session:
         self._handlers = self._handler_table()
         self.request_counts: dict[str, int] = {}
         self.count_requests = False
+        self._count_lock = threading.Lock()
 
     # --- life cycle ------------------------------------------------------------------
     def mount(self) -> None:
@@ -340,7 +345,7 @@ class Session:
             except InterruptedError:
                 continue
         view = memoryview(buf)[:size]
-        length, opcode, unique, *_ = abi.IN_HEADER.unpack_from(view)
+        _length, opcode, unique, *_ = abi.IN_HEADER.unpack_from(view)
         if opcode != Opcode.INIT:
             raise OSError(errno.EPROTO, f"expected INIT, got opcode {opcode}")
         body = view[abi.IN_HEADER.size :]
@@ -386,16 +391,19 @@ class Session:
                     raise
                 view = whole[:size]
                 _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = header.unpack_from(view)
-                self._dispatch(fd, opcode, Request(unique, nodeid, uid, gid, pid), view[header.size :])
+                self._dispatch(
+                    fd, opcode, Request(unique, nodeid, uid, gid, pid), view[header.size :]
+                )
         except BaseException as exc:  # a broken session must be seen, not hang
             log.exception("FUSE worker failed")
             self._failure = exc
 
     def _dispatch(self, fd: int, opcode: int, req: Request, body: memoryview) -> None:
         handler = self._handlers.get(opcode)
-        if self.count_requests:
+        if self.count_requests:  # benchmarks only
             name = Opcode(opcode).name if opcode in Opcode._value2member_map_ else str(opcode)
-            self.request_counts[name] = self.request_counts.get(name, 0) + 1
+            with self._count_lock:
+                self.request_counts[name] = self.request_counts.get(name, 0) + 1
         if handler is None:
             if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
                 return
@@ -439,9 +447,7 @@ class Session:
         def batch_forget(req: Request, body: memoryview) -> None:
             count, _ = abi.BATCH_FORGET_IN.unpack_from(body)
             step, base = abi.FORGET_ONE.size, abi.BATCH_FORGET_IN.size
-            ops.forget(
-                [abi.FORGET_ONE.unpack_from(body, base + i * step) for i in range(count)]
-            )
+            ops.forget([abi.FORGET_ONE.unpack_from(body, base + i * step) for i in range(count)])
 
         def getattr_(req: Request, body: memoryview) -> bytes:
             flags, _, fh = abi.GETATTR_IN.unpack_from(body)

@@ -176,7 +176,7 @@ class Exerciser:
 
             return f"fallocate {path} mode={mode:#x} off={offset} len={length}", fallocate
         if kind == "copy_file_range":
-            src, dst = rng.choice(files), rng.choice(files + [self._new_path(dirs)])
+            src, dst = rng.choice(files), rng.choice([*files, self._new_path(dirs)])
             off_in, off_out = rng.randrange(0, 5000), rng.randrange(0, 20000)
             length = rng.randrange(1, 40000)
 

@@ -155,7 +155,7 @@ def test_reads_with_and_without_passthrough(base: Path, passthrough: bool) -> No
 
 
 def test_errors_are_replies_and_a_bug_is_eio(base: Path) -> None:
-    fs, session = mounted(base, passthrough=False)
+    _fs, session = mounted(base, passthrough=False)
     try:
         with pytest.raises(FileNotFoundError):
             os.stat(base / "mnt" / "nothing")
@@ -199,7 +199,7 @@ def test_workers_share_the_load_and_forgets_arrive(base: Path) -> None:
 
 
 def test_abort_ends_the_session_with_enodev(base: Path) -> None:
-    fs, session = mounted(base, passthrough=False)
+    _fs, session = mounted(base, passthrough=False)
     connection = session._connection_number()
     assert connection is not None
     assert kernel.abort_connection(connection)
