@@ -71,6 +71,7 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
     if side == "native":
         yield
         return
+    counts.unlink(missing_ok=True)  # a previous round's daemon wrote its own totals
     env = dict(os.environ)
     env["DPMSFS_LIVE_FUSE"] = "pyfuse3" if side == "pyfuse3" else "kernel"
     env["DPMSFS_PASSTHROUGH"] = "1" if side == "kernel-pt" else "0"
@@ -86,6 +87,10 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{side}: mount failed: {log_path.read_text()[-500:]}")
             time.sleep(0.02)
+        if side.startswith("kernel"):
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while not counts.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the counter's first write: a baseline for workload 1
         yield
     finally:
         proc.terminate()
