@@ -86,14 +86,11 @@ async def recapture_open_writers(
     seen: dict[bytes, tuple[int, int]] = {}
     while True:
         await trio.sleep(interval)
-        now: dict[bytes, tuple[int, int]] = {}
-        for path, fd in operations.open_writer_fds():
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                continue
-            mark = (st.st_size, st.st_mtime_ns)
-            now[path] = mark
+        try:
+            now = operations.open_writer_marks()
+        except OSError:
+            continue
+        for path, mark in now.items():
             if seen.get(path) != mark:
                 sink.record(ChangeKind.WRITE, path)
         seen = now

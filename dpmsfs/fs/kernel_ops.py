@@ -10,7 +10,7 @@ What differs, and why:
   FUSE_PASSTHROUGH: the kernel reads and writes the real file itself, and this daemon
   sees only opens, releases and metadata. Capture stays exact because a handle opened
   for writing counts as changed at release (and is reported again every few minutes
-  while held open, see `open_writer_fds`). One backing id per inode, shared by its opens
+  while held open, see `open_writer_marks`). One backing id per inode, shared by its opens
   (the kernel refuses a second, different backing file for an inode).
 * HANDLE_KILLPRIV_V2: the kernel no longer asks for security.capability before each
   write; it tells us instead when the set-id bits must go (WRITE, SETATTR, OPEN flags).
@@ -119,17 +119,20 @@ class KernelPassthroughOperations(Operations):
         """File handles not yet released (the kernel releases after close() returns)."""
         return len(self._files)
 
-    def open_writer_fds(self) -> list[tuple[bytes, int]]:
-        """(path, descriptor) of files held open for writing now: with passthrough their
-        writes are invisible here, so the daemon re-reports them (kernel_mount.py)."""
+    def open_writer_marks(self) -> dict[bytes, tuple[int, int]]:
+        """(size, mtime) of each file held open for writing now, by path: with
+        passthrough their writes are invisible here, so the daemon re-reports those
+        that changed (kernel_mount.py). fstat under the lock: a descriptor is never
+        looked at after its release closed it."""
         with self._lock:
-            found = []
+            marks = {}
             for fd, handle in self._files.items():
                 if handle.writable:
                     path = self.inodes.path(handle.node)
                     if path is not None:
-                        found.append((path, fd))
-            return found
+                        st = os.fstat(fd)
+                        marks[path] = (st.st_size, st.st_mtime_ns)
+            return marks
 
     # --- helpers ---------------------------------------------------------------------
     def _attr(self, st: os.stat_result) -> replies.Attr:
