@@ -7,6 +7,8 @@ import errno
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -84,8 +86,6 @@ def test_a_file_held_open_for_writing_is_reported_again_while_it_changes(
 
 
 def test_truncate_and_mmap_writes_count_as_changes(workdir: Path) -> None:
-    import mmap
-
     (workdir / "m").write_bytes(bytes(8192))
     mount = ThreadMount(workdir)
     try:
@@ -94,13 +94,18 @@ def test_truncate_and_mmap_writes_count_as_changes(workdir: Path) -> None:
         wait_for(lambda: (ChangeKind.TRUNCATE, b"m") in [(e.kind, e.path) for e in events],
                  what="truncate reported")  # fmt: skip
         events.clear()
-        fd = os.open(workdir / "m", os.O_RDWR)
-        try:
-            with mmap.mmap(fd, 4096) as mapped:
-                mapped[0:5] = b"mmap!"
-                mapped.flush()
-        finally:
-            os.close(fd)
+        # In a process of its own: its page faults are FUSE requests (without
+        # passthrough) taken while holding the GIL that this process's FUSE worker
+        # threads need to answer them.
+        writer = (
+            "import mmap, os, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "with mmap.mmap(fd, 4096) as m:\n"
+            "    m[0:5] = b'mmap!'\n"
+            "    m.flush()\n"
+            "os.close(fd)\n"
+        )
+        subprocess.run([sys.executable, "-c", writer, str(workdir / "m")], check=True, timeout=60)
         wait_for(lambda: (ChangeKind.CLOSE_WRITE, b"m") in [(e.kind, e.path) for e in events],
                  what="mmap writer's release reported")  # fmt: skip
         assert (workdir / "m").read_bytes()[:5] == b"mmap!"
