@@ -64,6 +64,16 @@ class Config:
     prune_interval_hours: float = 24.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    # The live mount's FUSE layer: "kernel" (our own, dpmsfs.fuseproto) or "pyfuse3"
+    # (the previous path, kept during the transition). DPMSFS_LIVE_FUSE and
+    # DPMSFS_PASSTHROUGH override the defaults (the test matrix runs both settings).
+    live_fuse: str = field(default_factory=lambda: os.environ.get("DPMSFS_LIVE_FUSE", "kernel"))
+    passthrough: bool = field(
+        default_factory=lambda: (
+            os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
+        )
+    )
+    open_writer_recapture_seconds: float = 120.0  # a file held open for writing, re-captured
 
     @property
     def name(self) -> str:
@@ -194,6 +204,8 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     check_store_location(config)
     if config.metrics_listen:
         parse_listen(config.metrics_listen)
+    if config.live_fuse not in ("kernel", "pyfuse3"):
+        raise UsageError(f'live_fuse must be "kernel" or "pyfuse3", not {config.live_fuse!r}')
     return config
 
 

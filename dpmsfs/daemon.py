@@ -113,7 +113,14 @@ def _tune_gc() -> None:
 def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> None:
     """Serve `config.workdir` until unmounted or signalled."""
     _tune_gc()
-    options = MountOptions(config.workdir, fd_budget=config.fd_budget)
+    options = MountOptions(
+        config.workdir,
+        fd_budget=config.fd_budget,
+        live_fuse=config.live_fuse,
+        passthrough=config.passthrough,
+        open_writer_recapture_seconds=config.open_writer_recapture_seconds,
+    )
+    live: dict[str, Any] = {"layer": config.live_fuse}
     if not capture:
         serve(options)
         return
@@ -130,6 +137,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
             report["prune"] = pruner.status()
+            report["fuse"] = dict(live)
             return report
 
         def counters(report: dict[str, Any]) -> None:
@@ -217,10 +225,20 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             await _shutdown_snapshot(engine)
             await view.stop()
 
+        def mounted(mount: Any) -> None:
+            # What INIT negotiated, for `dpmsfs status` (the pyfuse3 path: never
+            # passthrough, and libfuse 3.14 cannot ask for HANDLE_KILLPRIV_V2).
+            live.update(
+                mount.status()
+                if hasattr(mount, "status")
+                else {"layer": "pyfuse3", "passthrough": False, "killpriv_v2": False}
+            )
+
         serve(
             options,
             engine.journal,
             services,
+            on_ready=mounted,
             snapshots=SnapshotTree(store),
             before_unmount=before_unmount,
         )

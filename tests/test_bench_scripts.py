@@ -60,6 +60,20 @@ def test_bench_prune_help() -> None:
     assert "--keep-last" in result.stdout
 
 
+BENCH_WORKLOADS = REPO / "scripts" / "bench_workloads.py"
+
+
+def test_bench_workloads_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH_WORKLOADS), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--quick" in result.stdout and "--sides" in result.stdout
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
@@ -78,3 +92,25 @@ def test_bench_prune_smoke(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["verify_ok"] and report["snapshots_removed"] > 0
     assert report["reclaimed_bytes"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
+)
+@pytest.mark.timeout(1200)
+def test_bench_workloads_quick(tmp_path: Path) -> None:
+    out = tmp_path / "workloads.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH_WORKLOADS), "--quick", "--rounds", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1150,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {row["workload"]: row for row in json.loads(out.read_text())["rows"]}
+    assert {"datalog", "seq write", "tar x", "rm -rf"} <= rows.keys()
+    # The kernel layer counted its requests: with passthrough no WRITE reaches it.
+    datalog = rows["datalog"]
+    assert datalog["kernel_requests"].get("WRITE", 0) >= 5_000
+    assert datalog["kernel-pt_requests"].get("WRITE", 0) == 0

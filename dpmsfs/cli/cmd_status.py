@@ -219,6 +219,8 @@ def render(r: dict[str, Any]) -> str:
         if prune["last_error"]:
             line += f"; FAILED: {prune['last_error']}"
         lines.append(f"prune           {line} (policy: {prune['policy']})")
+    if r.get("fuse"):
+        lines.append(f"fuse            {_fuse_line(r['fuse'])}")
     if r.get("errors"):
         lines.append(f"errors          {r['errors']} (last: {r['last_error']})")
     verify = r.get("last_verify")
@@ -283,3 +285,11 @@ def _alert_lines(result: dict[str, Any]) -> list[str]:
         since = f" (since {_when(alert['since'])})" if alert.get("since") else ""
         lines.append(f"  {alert['severity'].upper():<9}{alert['name']}: {alert['message']}{since}")
     return lines
+def _fuse_line(fuse: dict[str, Any]) -> str:
+    """The live mount's FUSE layer and what INIT negotiated with the kernel."""
+    parts = [f"layer {fuse.get('layer', '?')}"]
+    if fuse.get("protocol"):
+        parts.append(f"protocol {fuse['protocol']}")
+    parts.append(f"passthrough {'on' if fuse.get('passthrough') else 'off'}")
+    parts.append(f"killpriv_v2 {'on' if fuse.get('killpriv_v2') else 'off'}")
+    return ", ".join(parts)

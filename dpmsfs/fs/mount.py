@@ -18,8 +18,9 @@ import os
 import signal
 import stat
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyfuse3
 import trio
@@ -37,11 +38,28 @@ log = logging.getLogger(__name__)
 Service = Callable[[], Awaitable[None]]
 
 
+LIVE_FUSE_LAYERS = ("kernel", "pyfuse3")
+
+
+def _env_live_fuse() -> str:
+    """The live mount's FUSE layer; DPMSFS_LIVE_FUSE overrides (the test matrix)."""
+    return os.environ.get("DPMSFS_LIVE_FUSE", "kernel")
+
+
+def _env_passthrough() -> bool:
+    return os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
+
+
 @dataclass(frozen=True)
 class MountOptions:
     workdir: Path
     fd_budget: int = 4096
     fuse_debug: bool = False
+    # "kernel": our own FUSE layer (dpmsfs.fuseproto, kernel_mount.py); "pyfuse3": the
+    # previous live path, kept selectable during the transition.
+    live_fuse: str = field(default_factory=_env_live_fuse)
+    passthrough: bool = field(default_factory=_env_passthrough)  # kernel layer only
+    open_writer_recapture_seconds: float = 120.0
 
 
 def check_workdir(path: str | os.PathLike[str]) -> Path:
@@ -87,7 +105,7 @@ def serve(
     options: MountOptions,
     sink: ChangeSink | None = None,
     services: Sequence[Service] = (),
-    on_ready: Callable[[PassthroughOperations], None] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
     handle_signals: bool = True,
     snapshots: SnapshotTree | None = None,
     before_unmount: Callable[[], Awaitable[None]] | None = None,
@@ -98,6 +116,15 @@ def serve(
     `before_unmount` runs on a signal while this mount still serves requests (the
     snapshot view, mounted inside this one, is unmounted there).
     """
+    if options.live_fuse == "kernel":
+        from dpmsfs.fs import kernel_mount
+
+        kernel_mount.serve(
+            options, sink, services, on_ready, handle_signals, snapshots, before_unmount
+        )
+        return
+    if options.live_fuse != "pyfuse3":
+        raise UsageError(f"live_fuse must be one of {', '.join(LIVE_FUSE_LAYERS)}")
     workdir = check_workdir(options.workdir)
     check_fuse_available()
     os.umask(0)  # modes come from the caller (the kernel applied the caller's umask)
@@ -155,11 +182,16 @@ async def run_session(
     handle_signals: bool,
     before_unmount: Callable[[], Awaitable[None]] | None = None,
     notify_ready: bool = True,
+    fuse_main: Callable[[], Awaitable[None]] | None = None,
+    terminate: Callable[[], None] | None = None,
 ) -> bool:
     """Run the FUSE loop and the services; True if a signal asked us to stop.
 
     Both mounts use it: the work directory's and the snapshot view's (which must not
-    tell systemd it is ready: only the daemon, the service's main process, does)."""
+    tell systemd it is ready: only the daemon, the service's main process, does).
+    `fuse_main` / `terminate` serve and end another FUSE layer (default: pyfuse3's)."""
+    main = fuse_main or pyfuse3.main
+    end = terminate or pyfuse3.terminate
     stopped_by_signal = False
 
     async def watch_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -171,7 +203,7 @@ async def run_session(
                 stopped_by_signal = True
                 if before_unmount is not None:
                     await before_unmount()
-                pyfuse3.terminate()
+                end()
                 return
 
     async with trio.open_nursery() as nursery:
@@ -184,7 +216,7 @@ async def run_session(
         if notify_ready:
             sdnotify.notify("READY=1")
         try:
-            await pyfuse3.main()
+            await main()
         except OSError as exc:
             if exc.errno != errno.ENODEV:
                 raise

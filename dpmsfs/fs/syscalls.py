@@ -102,3 +102,15 @@ def set_mount_flags(target: bytes, flags: int) -> None:
     `target` by `flags` (MS_REMOUNT | MS_BIND: the file system itself is untouched)."""
     if _mount(None, target, None, MS_REMOUNT | MS_BIND | flags, None) != 0:
         _raise_errno(target)
+
+
+_fallocate = _libc.fallocate
+_fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_fallocate.restype = ctypes.c_int
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) with every mode (KEEP_SIZE, PUNCH_HOLE, ZERO_RANGE, COLLAPSE_RANGE,
+    INSERT_RANGE): os.posix_fallocate has no mode."""
+    if _fallocate(fd, mode, offset, length) != 0:
+        _raise_errno()

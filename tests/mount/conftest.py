@@ -16,15 +16,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dpmsfs import mountinfo
 from dpmsfs.fs.changes import RecordingSink
 from dpmsfs.fs.mount import MountOptions, serve
-from dpmsfs.fs.operations import PassthroughOperations
 
 MOUNT_TIMEOUT = 20.0
+
+# The live mount's FUSE layer and passthrough setting under test (mount.py reads the
+# same variables): CI runs this suite with DPMSFS_PASSTHROUGH=1 and =0 on the kernel
+# layer; DPMSFS_LIVE_FUSE=pyfuse3 runs it on the previous path.
+LIVE_FUSE = os.environ.get("DPMSFS_LIVE_FUSE", "kernel")
+ON_PYFUSE3 = LIVE_FUSE == "pyfuse3"
+PASSTHROUGH = os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
 
 
 def fuse_usable() -> bool:
@@ -125,21 +132,23 @@ class CliMount:
 class ThreadMount:
     """The FUSE loop in a thread of the test process, so tests can read its sink."""
 
-    def __init__(self, workdir: Path, fd_budget: int = 4096) -> None:
+    def __init__(self, workdir: Path, fd_budget: int = 4096, recapture: float = 120.0) -> None:
         self.workdir = workdir
         self.sink = RecordingSink()
         self.error: BaseException | None = None
         ready = threading.Event()
-        self.operations: PassthroughOperations | None = None
+        self.operations: Any = None  # PassthroughOperations or kernel_mount.LiveMount
 
-        def started(operations: PassthroughOperations) -> None:
+        def started(operations: Any) -> None:
             self.operations = operations
             ready.set()
 
         def run() -> None:
             try:
                 serve(
-                    MountOptions(workdir, fd_budget=fd_budget),
+                    MountOptions(
+                        workdir, fd_budget=fd_budget, open_writer_recapture_seconds=recapture
+                    ),
                     self.sink,
                     on_ready=started,
                     handle_signals=False,

@@ -2,7 +2,8 @@
 
 The same random sequence of operations (create, write at random offsets past EOF too,
 append, truncate, rename of files and directories over existing ones, link, symlink,
-unlink, mkdir, rmdir, chmod, utime, xattrs, and descriptors held open across renames
+unlink, mkdir, rmdir, chmod, utime, xattrs, fallocate and copy_file_range on the kernel
+layer, and descriptors held open across renames
 and unlinks) is applied to a native directory and through the mount. After every step
 the outcomes (value or errno) must agree, and so must the whole tree: names, types,
 sizes, modes, link counts, symlink targets, contents, xattrs, and mtimes that were set
@@ -24,10 +25,19 @@ from typing import Any
 
 import pytest
 
-from tests.mount.conftest import MountedPair
+from dpmsfs.fs import syscalls
+from tests.mount.conftest import ON_PYFUSE3, MountedPair
 
 NAMES = ["a", "b", "c", "d", "x", "long-" + "n" * 40]
 MODES = [0o644, 0o600, 0o755, 0o700, 0o444, 0o4755, 0o2750, 0o1777, 0o000]
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE = 0x01, 0x02, 0x10
+FALLOCATE_MODES = [
+    0,
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_ZERO_RANGE,
+    FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+]
 EXPLICIT_NS = 777_777_777  # explicitly set mtimes have this fraction of a second
 
 
@@ -148,6 +158,40 @@ class Exerciser:
             ],
             weights=[10, 10, 5, 5, 10, 4, 4, 6, 6, 4, 4, 4, 4, 2, 3, 2, 3, 2],
         )[0]
+        if not ON_PYFUSE3 and rng.random() < 0.12:
+            # Handlers pyfuse3 lacks (its mix stays as it was, seed for seed).
+            kind = rng.choice(["fallocate", "copy_file_range"])
+        if kind == "fallocate":
+            path = rng.choice(files)
+            mode = rng.choice(FALLOCATE_MODES)
+            offset, length = rng.randrange(0, 20000), rng.randrange(1, 30000)
+
+            def fallocate(r: Path) -> Any:
+                fd = os.open(r / path, os.O_WRONLY)
+                try:
+                    syscalls.fallocate(fd, mode, offset, length)
+                    return os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
+
+            return f"fallocate {path} mode={mode:#x} off={offset} len={length}", fallocate
+        if kind == "copy_file_range":
+            src, dst = rng.choice(files), rng.choice([*files, self._new_path(dirs)])
+            off_in, off_out = rng.randrange(0, 5000), rng.randrange(0, 20000)
+            length = rng.randrange(1, 40000)
+
+            def copy_range(r: Path) -> Any:
+                fd_in = os.open(r / src, os.O_RDONLY)
+                try:
+                    fd_out = os.open(r / dst, os.O_WRONLY | os.O_CREAT, 0o644)
+                    try:
+                        return os.copy_file_range(fd_in, fd_out, length, off_in, off_out)
+                    finally:
+                        os.close(fd_out)
+                finally:
+                    os.close(fd_in)
+
+            return f"copy_file_range {src}@{off_in} -> {dst}@{off_out} len={length}", copy_range
         if kind == "create":
             path, mode = self._new_path(dirs), rng.choice(MODES)
             flags = os.O_CREAT | os.O_WRONLY | rng.choice([0, os.O_EXCL, os.O_TRUNC])

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from dpmsfs.fs import syscalls
-from tests.mount.conftest import MountedPair, wait_for
+from tests.mount.conftest import ON_PYFUSE3, MountedPair, wait_for
 
 Outcome = tuple[str, Any]
 
@@ -330,6 +330,7 @@ def test_sparse_file(case: Case) -> None:
 
 
 @pytest.mark.xfail(
+    ON_PYFUSE3,
     strict=True,
     reason="pyfuse3 3.5 does not implement FUSE_LSEEK: the kernel falls back to "
     "generic_file_llseek, for which the whole file is data (SEEK_DATA 0, SEEK_HOLE at EOF)",
@@ -1142,6 +1143,7 @@ def _fallocate_cli(*args: str) -> Callable[[Path], Any]:
 
 
 @pytest.mark.xfail(
+    ON_PYFUSE3,
     strict=True,
     reason="pyfuse3 3.5 does not implement FUSE_FALLOCATE: the kernel returns EOPNOTSUPP "
     "for every fallocate(2) mode through the mount, and punch-hole has no glibc fallback",
@@ -1155,6 +1157,7 @@ def test_fallocate_punch_hole(case: Case) -> None:
 
 
 @pytest.mark.xfail(
+    ON_PYFUSE3,
     strict=True,
     reason="pyfuse3 3.5 does not implement FUSE_FALLOCATE: fallocate(2) itself (mode 0, "
     "no glibc emulation, as util-linux calls it) fails with EOPNOTSUPP through the mount",
@@ -1166,3 +1169,62 @@ def test_fallocate_syscall_mode_0(case: Case) -> None:
 
 def test_every_case_released_its_handles(env: MountedPair) -> None:
     wait_for(lambda: env.thread_mount.inodes_open() == 0, what="all handles released")
+
+
+@pytest.mark.xfail(ON_PYFUSE3, strict=True, reason="pyfuse3 3.5 has no FUSE_FALLOCATE")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--keep-size", "--offset", "16384", "--length", "65536"),
+        ("--zero-range", "--offset", "1000", "--length", "5000"),
+        ("--offset", "0", "--length", "100000"),
+    ],
+    ids=["keep-size", "zero-range", "extend"],
+)
+def test_fallocate_modes(case: Case, args: tuple[str, ...]) -> None:
+    """Every fallocate mode the underlying file system supports, exactly as native
+    (content, size and allocated blocks)."""
+    case.both(lambda d: write_file(d / "f", bytes(range(256)) * 64))
+
+    def op(d: Path) -> Any:
+        content, size = _fallocate_cli(*args)(d)
+        return content, size, os.stat(d / "f").st_blocks
+
+    case.both(op)
+    case.same_as_under("f")
+
+
+@pytest.mark.parametrize("flag", ["--collapse-range", "--insert-range"])
+def test_fallocate_range_shifts_refused_cleanly(case: Case, flag: str) -> None:
+    """The kernel's FUSE module itself refuses COLLAPSE_RANGE and INSERT_RANGE with
+    EOPNOTSUPP before asking any daemon (fs/fuse/file.c allows only KEEP_SIZE,
+    PUNCH_HOLE and ZERO_RANGE): a clear error, and the file is untouched."""
+    original = bytes(range(256)) * 64
+    write_file(case.mount / "f", original)
+    with pytest.raises(OSError) as raised:
+        _fallocate_cli(flag, "--offset", "4096", "--length", "4096")(case.mount)
+    assert raised.value.errno == errno.EOPNOTSUPP
+    assert read_file(case.mount / "f") == original
+    case.same_as_under("f")
+
+
+@pytest.mark.xfail(ON_PYFUSE3, strict=True, reason="pyfuse3 3.5 has no FUSE_COPY_FILE_RANGE")
+def test_copy_file_range_in_kernel(case: Case) -> None:
+    """copy_file_range(2) between two files of the mount is one request, not a read and
+    write loop, and copies exactly what native does (offsets of both files kept)."""
+    payload = os.urandom(200_000)
+
+    def op(d: Path) -> Any:
+        write_file(d / "src", payload)
+        src = os.open(d / "src", os.O_RDONLY)
+        dst = os.open(d / "dst", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+        try:
+            copied = os.copy_file_range(src, dst, 150_000, 10_000, 5)
+            return copied, os.lseek(src, 0, os.SEEK_CUR), os.lseek(dst, 0, os.SEEK_CUR)
+        finally:
+            os.close(src)
+            os.close(dst)
+
+    assert case.both(op) == (150_000, 0, 0)  # explicit offsets move neither position
+    assert read_file(case.mount / "dst") == bytes(5) + payload[10_000:160_000]
+    case.same_as_under("dst")

@@ -1,0 +1,178 @@
+"""Serve the live work-directory mount on our own FUSE layer (dpmsfs.fuseproto).
+
+The counterpart of mount.serve's pyfuse3 path, with the same order of things: open the
+real directory (O_PATH) before the mount hides it, mount, start the fail-open
+watchdog, run the trio services in the main thread while the session's worker
+threads serve requests, and on SIGTERM stop the snapshot view before unmounting.
+
+Differences from the pyfuse3 path:
+* mount(2) with `fd=N` directly: the flags are ours, so set-id programs and device
+  files work without remounting (fusermount3 always added nosuid,nodev), and there is
+  no `auto_unmount`: the watchdog process (watchdog.py) is the fail-open net.
+* A file held open for writing is re-reported every `open_writer_recapture_seconds`
+  while it changes: with passthrough the daemon sees no WRITE requests, and a datalog
+  open for hours must still be captured every few minutes, not only at its close.
+"""
+
+from __future__ import annotations
+
+import errno
+import faulthandler
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from dpmsfs.browse.vfs import SnapshotTree
+from dpmsfs.errors import UnavailableError
+from dpmsfs.fs import watchdog
+from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
+from dpmsfs.fs.kernel_ops import KernelPassthroughOperations
+from dpmsfs.fuseproto.session import Session
+
+if TYPE_CHECKING:
+    from dpmsfs.fs.mount import MountOptions
+
+log = logging.getLogger(__name__)
+
+WORKERS = 3
+# Benchmarks set this to a file: FUSE requests per opcode are counted and written there
+# about every 0.2 s (scripts/bench_workloads.py reads the difference per workload).
+REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
+
+
+def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
+    return ["default_permissions", "allow_other"]
+
+
+class LiveMount:
+    """What a running kernel-layer mount exposes to its caller (tests, status)."""
+
+    def __init__(self, session: Session, operations: KernelPassthroughOperations) -> None:
+        self.session = session
+        self.operations = operations
+
+    @property
+    def open_file_count(self) -> int:
+        return self.operations.open_file_count
+
+    def status(self) -> dict[str, object]:
+        """The `fuse` section of the daemon's status report."""
+        report: dict[str, object] = {"layer": "kernel"}
+        if self.session.negotiated is not None:
+            report.update(self.session.negotiated.as_dict())
+            report["passthrough"] = self.operations.passthrough
+        return report
+
+
+async def write_request_counts(session: Session, path: str) -> None:
+    while True:
+        counts = dict(session.request_counts)
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as out:
+            json.dump(counts, out)
+        os.replace(tmp, path)
+        await trio.sleep(0.2)
+
+
+async def recapture_open_writers(
+    operations: KernelPassthroughOperations, sink: ChangeSink, interval: float
+) -> None:
+    """Report files held open for writing again while they change (size or mtime)."""
+    seen: dict[bytes, tuple[int, int]] = {}
+    while True:
+        await trio.sleep(interval)
+        try:
+            now = operations.open_writer_marks()
+        except OSError:
+            continue
+        for path, mark in now.items():
+            if seen.get(path) != mark:
+                sink.record(ChangeKind.WRITE, path)
+        seen = now
+
+
+def serve(
+    options: MountOptions,
+    sink: ChangeSink | None,
+    services: Sequence[Callable[[], Awaitable[None]]],
+    on_ready: Callable[[Any], None] | None,
+    handle_signals: bool,
+    snapshots: SnapshotTree | None,
+    before_unmount: Callable[[], Awaitable[None]] | None,
+) -> None:
+    from dpmsfs.fs.mount import check_fuse_available, check_workdir, run_session
+
+    workdir = check_workdir(options.workdir)
+    check_fuse_available()
+    os.umask(0)  # modes come from the caller (the kernel applied the caller's umask)
+    if handle_signals:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    sink = sink or NullSink()
+    root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    ops = KernelPassthroughOperations(
+        root_fd, sink, fd_budget=options.fd_budget, snapshots=snapshots
+    )
+    session = Session(
+        ops,
+        str(workdir),
+        fsname=f"dpmsfs:{workdir}",
+        subtype="dpmsfs",
+        options=fuse_options(str(workdir), options.fuse_debug),
+        passthrough=options.passthrough,
+        workers=WORKERS,
+    )
+    ops.attach(session.backing_open, session.backing_close)
+    try:
+        session.mount()
+    except OSError as exc:
+        session.close()
+        ops.close()
+        os.close(root_fd)
+        raise UnavailableError(f"{workdir}: mount failed ({exc.strerror or exc})") from None
+    live = LiveMount(session, ops)
+    fail_open = watchdog.start(str(workdir))
+    log.info("mounted %s", workdir)
+
+    async def fuse_main() -> None:
+        await trio.to_thread.run_sync(session.join, abandon_on_cancel=True)
+        if not session.running:
+            return
+        raise OSError(errno.EIO, "FUSE workers still running")
+
+    def terminate() -> None:
+        session.unmount()
+
+    all_services = list(services)
+    counts_path = os.environ.get(REQUEST_COUNTS_ENV)
+    if counts_path:
+        session.count_requests = True
+        all_services.append(lambda: write_request_counts(session, counts_path))
+    if options.open_writer_recapture_seconds > 0:
+        interval = options.open_writer_recapture_seconds
+        all_services.append(lambda: recapture_open_writers(ops, sink, interval))
+    try:
+        trio.run(
+            run_session,
+            all_services,
+            (lambda: on_ready(live)) if on_ready else None,
+            handle_signals,
+            before_unmount,
+            True,
+            fuse_main,
+            terminate,
+        )
+    finally:
+        if session.running:
+            session.unmount()
+            session.join(10)
+        session.close()
+        ops.close()
+        os.close(root_fd)
+        if fail_open is not None:
+            fail_open.stop()  # it finds the mount gone and exits
+        log.info("unmounted %s", workdir)

@@ -1,0 +1,606 @@
+"""A FUSE session: INIT negotiation, worker threads, request parsing, the reply path.
+
+Each worker thread reads its own descriptor cloned from the session's
+(FUSE_DEV_IOC_CLONE), parses the request into Python values, calls the matching method
+of the `Operations` object above and writes the reply on the same descriptor. Handlers
+raise OSError for an error reply; anything else is logged and answered EIO, so one bad
+request never takes the mount down. A handler returning None sends no reply (FORGET).
+
+INTERRUPT is read and dropped: every handler of ours finishes promptly (the kernel then
+waits for the ordinary reply, as the protocol allows). The session ends when the
+kernel answers a read with ENODEV: unmounted, or the connection aborted.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dpmsfs.fuseproto import abi, kernel
+from dpmsfs.fuseproto.abi import InitFlag, Opcode
+
+log = logging.getLogger(__name__)
+
+MAX_PAGES = 256  # 1 MiB per READ/WRITE request
+MAX_WRITE = MAX_PAGES * 4096
+BUFFER_SIZE = MAX_WRITE + 4096  # the kernel wants room for the largest request
+MAX_BACKGROUND = 64
+CONGESTION_THRESHOLD = 48
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """Who asks and about which node: the parts of fuse_in_header handlers use."""
+
+    unique: int
+    nodeid: int
+    uid: int
+    gid: int
+    pid: int
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What INIT settled on: shown by `dpmsfs status` and logged once."""
+
+    major: int
+    minor: int
+    offered: int
+    flags: int
+    max_write: int
+    max_readahead: int
+
+    @property
+    def passthrough(self) -> bool:
+        return bool(self.flags & InitFlag.PASSTHROUGH)
+
+    @property
+    def killpriv_v2(self) -> bool:
+        return bool(self.flags & InitFlag.HANDLE_KILLPRIV_V2)
+
+    @property
+    def readdirplus(self) -> bool:
+        return bool(self.flags & InitFlag.DO_READDIRPLUS)
+
+    def describe(self) -> str:
+        names = [f.name for f in InitFlag if f.name and self.flags & f]
+        return f"protocol {self.major}.{self.minor}, flags: {' '.join(sorted(names))}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "protocol": f"{self.major}.{self.minor}",
+            "passthrough": self.passthrough,
+            "killpriv_v2": self.killpriv_v2,
+            "max_write": self.max_write,
+        }
+
+
+class Operations:
+    """The file system above the session. Every request it does not serve is ENOSYS
+    (the kernel then stops sending many of them). Names arrive as bytes; payloads
+    are built with fuseproto.replies."""
+
+    def init(self, negotiated: Negotiated) -> None:
+        """Called once INIT is answered, before any other request is read."""
+
+    def lookup(self, req: Request, parent: int, name: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "lookup")
+
+    def forget(self, items: list[tuple[int, int]]) -> None:
+        """FORGET and BATCH_FORGET: (nodeid, nlookup) pairs; never answered."""
+
+    def getattr(self, req: Request, fh: int | None) -> bytes:
+        raise OSError(errno.ENOSYS, "getattr")
+
+    def setattr(self, req: Request, valid: int, fh: int | None, values: SetattrValues) -> bytes:
+        raise OSError(errno.ENOSYS, "setattr")
+
+    def readlink(self, req: Request) -> bytes:
+        raise OSError(errno.ENOSYS, "readlink")
+
+    def symlink(self, req: Request, name: bytes, target: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "symlink")
+
+    def mknod(self, req: Request, name: bytes, mode: int, rdev: int) -> bytes:
+        raise OSError(errno.ENOSYS, "mknod")
+
+    def mkdir(self, req: Request, name: bytes, mode: int) -> bytes:
+        raise OSError(errno.ENOSYS, "mkdir")
+
+    def unlink(self, req: Request, name: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "unlink")
+
+    def rmdir(self, req: Request, name: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "rmdir")
+
+    def rename(
+        self, req: Request, name: bytes, new_parent: int, new_name: bytes, flags: int
+    ) -> bytes:
+        raise OSError(errno.ENOSYS, "rename")
+
+    def link(self, req: Request, old_node: int, new_name: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "link")
+
+    def open(self, req: Request, flags: int, open_flags: int) -> bytes:
+        raise OSError(errno.ENOSYS, "open")
+
+    def create(self, req: Request, name: bytes, mode: int, flags: int, open_flags: int) -> bytes:
+        raise OSError(errno.ENOSYS, "create")
+
+    def read(self, req: Request, fh: int, offset: int, size: int) -> bytes:
+        raise OSError(errno.ENOSYS, "read")
+
+    def write(
+        self, req: Request, fh: int, offset: int, data: memoryview, write_flags: int
+    ) -> bytes:
+        raise OSError(errno.ENOSYS, "write")
+
+    def statfs(self, req: Request) -> bytes:
+        raise OSError(errno.ENOSYS, "statfs")
+
+    def release(self, req: Request, fh: int, flags: int) -> bytes:
+        return b""
+
+    def flush(self, req: Request, fh: int) -> bytes:
+        raise OSError(errno.ENOSYS, "flush")
+
+    def fsync(self, req: Request, fh: int, datasync: bool) -> bytes:
+        raise OSError(errno.ENOSYS, "fsync")
+
+    def setxattr(self, req: Request, name: bytes, value: bytes, flags: int) -> bytes:
+        raise OSError(errno.ENOSYS, "setxattr")
+
+    def getxattr(self, req: Request, name: bytes, size: int) -> bytes:
+        raise OSError(errno.ENOSYS, "getxattr")
+
+    def listxattr(self, req: Request, size: int) -> bytes:
+        raise OSError(errno.ENOSYS, "listxattr")
+
+    def removexattr(self, req: Request, name: bytes) -> bytes:
+        raise OSError(errno.ENOSYS, "removexattr")
+
+    def opendir(self, req: Request, flags: int) -> bytes:
+        raise OSError(errno.ENOSYS, "opendir")
+
+    def readdir(self, req: Request, fh: int, offset: int, size: int, plus: bool) -> bytes:
+        raise OSError(errno.ENOSYS, "readdir")
+
+    def releasedir(self, req: Request, fh: int) -> bytes:
+        return b""
+
+    def fsyncdir(self, req: Request, fh: int, datasync: bool) -> bytes:
+        raise OSError(errno.ENOSYS, "fsyncdir")
+
+    def fallocate(self, req: Request, fh: int, offset: int, length: int, mode: int) -> bytes:
+        raise OSError(errno.ENOSYS, "fallocate")
+
+    def lseek(self, req: Request, fh: int, offset: int, whence: int) -> bytes:
+        raise OSError(errno.ENOSYS, "lseek")
+
+    def copy_file_range(
+        self, req: Request, fh_in: int, off_in: int, node_out: int, fh_out: int, off_out: int,
+        length: int, flags: int,
+    ) -> bytes:  # fmt: skip
+        raise OSError(errno.ENOSYS, "copy_file_range")
+
+
+@dataclass(frozen=True, slots=True)
+class SetattrValues:
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+
+
+def _cstring(body: memoryview, start: int = 0) -> tuple[bytes, int]:
+    """A NUL-terminated name at `start`; returns it and the offset after the NUL."""
+    raw = body[start:].tobytes()
+    end = raw.index(b"\0")
+    return raw[:end], start + end + 1
+
+
+# The flags we ask for when the kernel offers them. PASSTHROUGH is added on request.
+# Not asked: WRITEBACK_CACHE (fail-open must never lose a write that returned),
+# DONT_MASK (the kernel applies the caller's umask), POSIX/FLOCK locks (kept in the
+# kernel), READDIRPLUS_AUTO (always READDIRPLUS: the node references stay simple),
+# SETXATTR_EXT, SPLICE_* (no gain for a Python reader).
+WANTED = (
+    InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES
+    | InitFlag.AUTO_INVAL_DATA | InitFlag.DO_READDIRPLUS | InitFlag.ASYNC_DIO
+    | InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.HANDLE_KILLPRIV_V2
+    | InitFlag.INIT_EXT
+)  # fmt: skip
+
+
+class Session:
+    """One mounted FUSE connection and the threads serving it."""
+
+    def __init__(
+        self,
+        operations: Operations,
+        mount_point: str,
+        *,
+        fsname: str,
+        subtype: str,
+        options: list[str],
+        passthrough: bool = True,
+        workers: int = 3,
+        flags: int = kernel.MS_RELATIME,
+    ) -> None:
+        self.operations = operations
+        self.mount_point = mount_point
+        self._fsname = fsname
+        self._subtype = subtype
+        self._options = options
+        self._flags = flags
+        self._want_passthrough = passthrough
+        self._worker_count = max(1, workers)
+        self.fd = -1
+        self.negotiated: Negotiated | None = None
+        self._threads: list[threading.Thread] = []
+        self._fds: list[int] = []
+        self._failure: BaseException | None = None
+        self._handlers = self._handler_table()
+        self.request_counts: dict[str, int] = {}
+        self.count_requests = False
+        self._count_lock = threading.Lock()
+
+    # --- life cycle ------------------------------------------------------------------
+    def mount(self) -> None:
+        """mount(2), answer INIT, start the workers. Raises OSError if any step fails."""
+        self.fd = kernel.open_device()
+        try:
+            kernel.mount(
+                self.fd, self.mount_point, self._fsname, self._subtype, self._options, self._flags
+            )
+        except OSError:
+            os.close(self.fd)
+            self.fd = -1
+            raise
+        self._answer_init()
+
+        self._start_workers()
+
+    def _start_workers(self) -> None:
+        for index in range(self._worker_count):
+            fd = self.fd if index == 0 else kernel.clone_device(self.fd)
+            if index:
+                self._fds.append(fd)
+            thread = threading.Thread(
+                target=self._serve, args=(fd,), name=f"fuse-worker-{index}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until every worker has seen the end of the connection."""
+        for thread in self._threads:
+            thread.join(timeout)
+        if self._failure is not None:
+            raise self._failure
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def unmount(self) -> None:
+        """Detach the mount and end the connection (lazy, as libfuse does for root:
+        files still open through it get ENOTCONN from then on)."""
+        connection = self._connection_number()
+        try:
+            kernel.unmount(self.mount_point, lazy=True)
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOENT):
+                raise
+        if connection is not None and self.running:
+            kernel.abort_connection(connection)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _connection_number(self) -> int | None:
+        """The connection's number in /sys/fs/fuse/connections (the mount's device
+        minor), read from our mount table: never a request to ourselves."""
+        target = os.path.realpath(self.mount_point)
+        found = None
+        try:
+            with open("/proc/self/mountinfo") as table:
+                for line in table:
+                    fields = line.split()
+                    if len(fields) < 5:
+                        continue
+                    point = fields[4].encode().decode("unicode_escape")
+                    sep = fields.index("-")
+                    if point == target and fields[sep + 1] == f"fuse.{self._subtype}":
+                        found = int(fields[2].split(":")[1])
+        except OSError:
+            return None
+        return found
+
+    # --- passthrough -----------------------------------------------------------------
+    def backing_open(self, file_fd: int) -> int:
+        return kernel.backing_open(self.fd, file_fd)
+
+    def backing_close(self, backing_id: int) -> None:
+        kernel.backing_close(self.fd, backing_id)
+
+    # --- INIT ------------------------------------------------------------------------
+    def _answer_init(self) -> None:
+        buf = bytearray(BUFFER_SIZE)
+        while True:
+            try:
+                size = os.readv(self.fd, [buf])
+                break
+            except InterruptedError:
+                continue
+        view = memoryview(buf)[:size]
+        _length, opcode, unique, *_ = abi.IN_HEADER.unpack_from(view)
+        if opcode != Opcode.INIT:
+            raise OSError(errno.EPROTO, f"expected INIT, got opcode {opcode}")
+        body = view[abi.IN_HEADER.size :]
+        if len(body) < abi.INIT_IN.size:
+            body = memoryview(bytes(body) + bytes(abi.INIT_IN.size - len(body)))
+        major, minor, max_readahead, flags, flags2 = abi.INIT_IN.unpack_from(body)
+        if major != abi.KERNEL_VERSION or minor < abi.MIN_MINOR_VERSION:
+            self._send(self.fd, unique, -errno.EPROTO, b"")
+            raise OSError(errno.EPROTO, f"kernel FUSE protocol {major}.{minor} is too old")
+        offered = flags | (flags2 << 32 if flags & InitFlag.INIT_EXT else 0)
+        wanted = int(WANTED)
+        if self._want_passthrough:
+            wanted |= InitFlag.PASSTHROUGH
+        chosen = offered & wanted
+        our_minor = min(minor, abi.KERNEL_MINOR_VERSION)
+        stack_depth = 1 if chosen & InitFlag.PASSTHROUGH else 0
+        reply = abi.INIT_OUT.pack(
+            abi.KERNEL_VERSION, our_minor, max_readahead, chosen & 0xFFFFFFFF,
+            MAX_BACKGROUND, CONGESTION_THRESHOLD, MAX_WRITE, 1, MAX_PAGES, 0,
+            chosen >> 32, stack_depth, 0,
+        )  # fmt: skip
+        self.negotiated = Negotiated(
+            abi.KERNEL_VERSION, our_minor, offered, chosen, MAX_WRITE, max_readahead
+        )
+        self._send(self.fd, unique, 0, reply)
+        log.info("%s: FUSE %s", self.mount_point, self.negotiated.describe())
+        self.operations.init(self.negotiated)
+
+    # --- the workers -----------------------------------------------------------------
+    def _serve(self, fd: int) -> None:
+        buf = bytearray(BUFFER_SIZE)
+        whole = memoryview(buf)
+        header = abi.IN_HEADER
+        try:
+            while True:
+                try:
+                    size = os.readv(fd, [buf])
+                except OSError as exc:
+                    if exc.errno == errno.ENODEV:
+                        return  # unmounted or aborted: the normal end
+                    if exc.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                        continue  # the request was interrupted before we read it
+                    raise
+                view = whole[:size]
+                _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = header.unpack_from(view)
+                self._dispatch(
+                    fd, opcode, Request(unique, nodeid, uid, gid, pid), view[header.size :]
+                )
+        except BaseException as exc:  # a broken session must be seen, not hang
+            log.exception("FUSE worker failed")
+            self._failure = exc
+
+    def _dispatch(self, fd: int, opcode: int, req: Request, body: memoryview) -> None:
+        handler = self._handlers.get(opcode)
+        if self.count_requests:  # benchmarks only
+            name = Opcode(opcode).name if opcode in Opcode._value2member_map_ else str(opcode)
+            with self._count_lock:
+                self.request_counts[name] = self.request_counts.get(name, 0) + 1
+        if handler is None:
+            if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
+                return
+            self._send(fd, req.unique, -errno.ENOSYS, b"")
+            return
+        try:
+            payload = handler(req, body)
+        except OSError as exc:
+            self._send(fd, req.unique, -(exc.errno or errno.EIO), b"")
+            return
+        except Exception:
+            log.exception("unexpected error in %s", Opcode(opcode).name)
+            self._send(fd, req.unique, -errno.EIO, b"")
+            return
+        if payload is not None:
+            self._send(fd, req.unique, 0, payload)
+
+    @staticmethod
+    def _send(fd: int, unique: int, error: int, payload: bytes) -> None:
+        header = abi.OUT_HEADER.pack(abi.OUT_HEADER.size + len(payload), error, unique)
+        try:
+            if payload:
+                os.writev(fd, [header, payload])
+            else:
+                os.write(fd, header)
+        except OSError as exc:
+            # ENOENT: the request was interrupted and is gone; ENODEV: connection ended.
+            if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                raise
+
+    # --- parsing ---------------------------------------------------------------------
+    def _handler_table(self) -> dict[int, Callable[[Request, memoryview], bytes | None]]:
+        ops = self.operations
+
+        def lookup(req: Request, body: memoryview) -> bytes:
+            return ops.lookup(req, req.nodeid, _cstring(body)[0])
+
+        def forget(req: Request, body: memoryview) -> None:
+            ops.forget([(req.nodeid, abi.FORGET_IN.unpack_from(body)[0])])
+
+        def batch_forget(req: Request, body: memoryview) -> None:
+            count, _ = abi.BATCH_FORGET_IN.unpack_from(body)
+            step, base = abi.FORGET_ONE.size, abi.BATCH_FORGET_IN.size
+            ops.forget([abi.FORGET_ONE.unpack_from(body, base + i * step) for i in range(count)])
+
+        def getattr_(req: Request, body: memoryview) -> bytes:
+            flags, _, fh = abi.GETATTR_IN.unpack_from(body)
+            return ops.getattr(req, fh if flags & abi.GETATTR_FH else None)
+
+        def setattr_(req: Request, body: memoryview) -> bytes:
+            (valid, _, fh, size, _lock, atime, mtime, _ctime, atimensec, mtimensec,
+             _ctimensec, mode, _u4, uid, gid, _u5) = abi.SETATTR_IN.unpack_from(body)  # fmt: skip
+            values = SetattrValues(
+                size, atime * 1_000_000_000 + atimensec, mtime * 1_000_000_000 + mtimensec,
+                mode, uid, gid,
+            )  # fmt: skip
+            return ops.setattr(req, valid, fh if valid & abi.FATTR_FH else None, values)
+
+        def readlink(req: Request, body: memoryview) -> bytes:
+            return ops.readlink(req)
+
+        def symlink(req: Request, body: memoryview) -> bytes:
+            name, after = _cstring(body)
+            target, _ = _cstring(body, after)
+            return ops.symlink(req, name, target)
+
+        def mknod(req: Request, body: memoryview) -> bytes:
+            mode, rdev, _umask, _ = abi.MKNOD_IN.unpack_from(body)
+            return ops.mknod(req, _cstring(body, abi.MKNOD_IN.size)[0], mode, rdev)
+
+        def mkdir(req: Request, body: memoryview) -> bytes:
+            mode, _umask = abi.MKDIR_IN.unpack_from(body)
+            return ops.mkdir(req, _cstring(body, abi.MKDIR_IN.size)[0], mode)
+
+        def unlink(req: Request, body: memoryview) -> bytes:
+            return ops.unlink(req, _cstring(body)[0])
+
+        def rmdir(req: Request, body: memoryview) -> bytes:
+            return ops.rmdir(req, _cstring(body)[0])
+
+        def rename(req: Request, body: memoryview) -> bytes:
+            (new_dir,) = abi.RENAME_IN.unpack_from(body)
+            old, after = _cstring(body, abi.RENAME_IN.size)
+            new, _ = _cstring(body, after)
+            return ops.rename(req, old, new_dir, new, 0)
+
+        def rename2(req: Request, body: memoryview) -> bytes:
+            new_dir, flags, _ = abi.RENAME2_IN.unpack_from(body)
+            old, after = _cstring(body, abi.RENAME2_IN.size)
+            new, _ = _cstring(body, after)
+            return ops.rename(req, old, new_dir, new, flags)
+
+        def link(req: Request, body: memoryview) -> bytes:
+            (old_node,) = abi.LINK_IN.unpack_from(body)
+            return ops.link(req, old_node, _cstring(body, abi.LINK_IN.size)[0])
+
+        def open_(req: Request, body: memoryview) -> bytes:
+            flags, open_flags = abi.OPEN_IN.unpack_from(body)
+            return ops.open(req, flags, open_flags)
+
+        def create(req: Request, body: memoryview) -> bytes:
+            flags, mode, _umask, open_flags = abi.CREATE_IN.unpack_from(body)
+            return ops.create(req, _cstring(body, abi.CREATE_IN.size)[0], mode, flags, open_flags)
+
+        def read(req: Request, body: memoryview) -> bytes:
+            fh, offset, size, *_ = abi.READ_IN.unpack_from(body)
+            return ops.read(req, fh, offset, size)
+
+        def write(req: Request, body: memoryview) -> bytes:
+            fh, offset, size, write_flags, *_ = abi.WRITE_IN.unpack_from(body)
+            data = body[abi.WRITE_IN.size : abi.WRITE_IN.size + size]
+            return ops.write(req, fh, offset, data, write_flags)
+
+        def statfs(req: Request, body: memoryview) -> bytes:
+            return ops.statfs(req)
+
+        def release(req: Request, body: memoryview) -> bytes:
+            fh, flags, _rflags, _lock = abi.RELEASE_IN.unpack_from(body)
+            return ops.release(req, fh, flags)
+
+        def flush(req: Request, body: memoryview) -> bytes:
+            (fh, *_) = abi.FLUSH_IN.unpack_from(body)
+            return ops.flush(req, fh)
+
+        def fsync(req: Request, body: memoryview) -> bytes:
+            fh, flags, _ = abi.FSYNC_IN.unpack_from(body)
+            return ops.fsync(req, fh, bool(flags & abi.FSYNC_FDATASYNC))
+
+        def fsyncdir(req: Request, body: memoryview) -> bytes:
+            fh, flags, _ = abi.FSYNC_IN.unpack_from(body)
+            return ops.fsyncdir(req, fh, bool(flags & abi.FSYNC_FDATASYNC))
+
+        def setxattr(req: Request, body: memoryview) -> bytes:
+            size, flags = abi.SETXATTR_IN.unpack_from(body)
+            name, after = _cstring(body, abi.SETXATTR_IN.size)
+            return ops.setxattr(req, name, body[after : after + size].tobytes(), flags)
+
+        def getxattr(req: Request, body: memoryview) -> bytes:
+            size, _ = abi.GETXATTR_IN.unpack_from(body)
+            return ops.getxattr(req, _cstring(body, abi.GETXATTR_IN.size)[0], size)
+
+        def listxattr(req: Request, body: memoryview) -> bytes:
+            size, _ = abi.GETXATTR_IN.unpack_from(body)
+            return ops.listxattr(req, size)
+
+        def removexattr(req: Request, body: memoryview) -> bytes:
+            return ops.removexattr(req, _cstring(body)[0])
+
+        def opendir(req: Request, body: memoryview) -> bytes:
+            flags, _ = abi.OPEN_IN.unpack_from(body)
+            return ops.opendir(req, flags)
+
+        def readdir(req: Request, body: memoryview) -> bytes:
+            fh, offset, size, *_ = abi.READ_IN.unpack_from(body)
+            return ops.readdir(req, fh, offset, size, False)
+
+        def readdirplus(req: Request, body: memoryview) -> bytes:
+            fh, offset, size, *_ = abi.READ_IN.unpack_from(body)
+            return ops.readdir(req, fh, offset, size, True)
+
+        def releasedir(req: Request, body: memoryview) -> bytes:
+            fh, *_ = abi.RELEASE_IN.unpack_from(body)
+            return ops.releasedir(req, fh)
+
+        def fallocate(req: Request, body: memoryview) -> bytes:
+            fh, offset, length, mode, _ = abi.FALLOCATE_IN.unpack_from(body)
+            return ops.fallocate(req, fh, offset, length, mode)
+
+        def lseek(req: Request, body: memoryview) -> bytes:
+            fh, offset, whence, _ = abi.LSEEK_IN.unpack_from(body)
+            return ops.lseek(req, fh, offset, whence)
+
+        def copy_file_range(req: Request, body: memoryview) -> bytes:
+            fh_in, off_in, node_out, fh_out, off_out, length, flags = (
+                abi.COPY_FILE_RANGE_IN.unpack_from(body)
+            )
+            return ops.copy_file_range(req, fh_in, off_in, node_out, fh_out, off_out, length, flags)
+
+        def interrupt(req: Request, body: memoryview) -> None:
+            return None
+
+        def destroy(req: Request, body: memoryview) -> bytes:
+            return b""
+
+        return {
+            Opcode.LOOKUP: lookup, Opcode.FORGET: forget, Opcode.BATCH_FORGET: batch_forget,
+            Opcode.GETATTR: getattr_, Opcode.SETATTR: setattr_, Opcode.READLINK: readlink,
+            Opcode.SYMLINK: symlink, Opcode.MKNOD: mknod, Opcode.MKDIR: mkdir,
+            Opcode.UNLINK: unlink, Opcode.RMDIR: rmdir, Opcode.RENAME: rename,
+            Opcode.RENAME2: rename2, Opcode.LINK: link, Opcode.OPEN: open_,
+            Opcode.CREATE: create, Opcode.READ: read, Opcode.WRITE: write,
+            Opcode.STATFS: statfs, Opcode.RELEASE: release, Opcode.FLUSH: flush,
+            Opcode.FSYNC: fsync, Opcode.FSYNCDIR: fsyncdir, Opcode.SETXATTR: setxattr,
+            Opcode.GETXATTR: getxattr, Opcode.LISTXATTR: listxattr,
+            Opcode.REMOVEXATTR: removexattr, Opcode.OPENDIR: opendir,
+            Opcode.READDIR: readdir, Opcode.READDIRPLUS: readdirplus,
+            Opcode.RELEASEDIR: releasedir, Opcode.FALLOCATE: fallocate,
+            Opcode.LSEEK: lseek, Opcode.COPY_FILE_RANGE: copy_file_range,
+            Opcode.INTERRUPT: interrupt, Opcode.DESTROY: destroy,
+        }  # fmt: skip

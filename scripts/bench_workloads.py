@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""Everyday work on a tool through the live mount, against the bare directory (issue 11).
+
+Sides, all on real disk (a directory under --base, default /var/tmp), with capture on as
+on a tool (`dpmsfs mount --foreground --store ...`):
+
+* native: the bare directory;
+* kernel-pt: the live mount on our own FUSE layer with FUSE passthrough;
+* kernel: the same layer without passthrough (READ/WRITE served by the daemon, as on a
+  kernel older than 6.9);
+* pyfuse3: the previous live path (DPMSFS_LIVE_FUSE=pyfuse3).
+
+Workloads: the datalog writer (20,000 unbuffered 256-byte appends, fsync every 1,000),
+a sequential write (with fsync) and a warm sequential read of it, `tar x` of a source
+tree from mkdataset's pgm/ (no *.atp), `grep -r` over it (page cache warm), `rm -rf`
+of it, and optionally `make -j2` of a C project (--make-src: a directory with a
+Makefile, copied in fresh each round; e.g. Lua's src/).
+
+Sides are interleaved in rounds (the order rotates); each workload's figure is the
+median over rounds of the per-round ratio side / native. FUSE requests per workload
+(kernel layer only) come from the daemon's request counter (DPMSFS_FUSE_REQUEST_COUNTS).
+
+    .venv/bin/python scripts/bench_workloads.py --rounds 3 --json out.json
+    .venv/bin/python scripts/bench_workloads.py --quick      # small smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+MIB = 1 << 20
+MOUNT_TIMEOUT = 30.0
+SIDES = ("native", "kernel-pt", "kernel", "pyfuse3")
+
+
+def log(msg: str) -> None:
+    print(f"[bench_workloads] {msg}", file=sys.stderr, flush=True)
+
+
+def venv_python() -> str:
+    candidate = REPO / ".venv" / "bin" / "python"
+    return str(candidate) if candidate.exists() else sys.executable
+
+
+def is_dpmsfs_mount(path: Path) -> bool:
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            if len(fields) > 4 and fields[4] == str(path) and right.startswith("fuse.dpmsfs "):
+                return True
+    return False
+
+
+@contextlib.contextmanager
+def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[None]:
+    """The side's mount over `workdir` (nothing for native); always unmounted after."""
+    if side == "native":
+        yield
+        return
+    counts.unlink(missing_ok=True)  # a previous round's daemon wrote its own totals
+    env = dict(os.environ)
+    env["DPMSFS_LIVE_FUSE"] = "pyfuse3" if side == "pyfuse3" else "kernel"
+    env["DPMSFS_PASSTHROUGH"] = "1" if side == "kernel-pt" else "0"
+    env["DPMSFS_FUSE_REQUEST_COUNTS"] = str(counts)
+    log_path = workdir.parent / f"{side}.log"
+    cmd = [venv_python(), "-m", "dpmsfs.cli.main", "mount", "--foreground",
+           "--store", str(store), str(workdir)]  # fmt: skip
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while not is_dpmsfs_mount(workdir):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{side}: mount failed: {log_path.read_text()[-500:]}")
+            time.sleep(0.02)
+        if side.startswith("kernel"):
+            deadline = time.monotonic() + MOUNT_TIMEOUT
+            while not counts.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the counter's first write: a baseline for workload 1
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        subprocess.run(["umount", "-l", str(workdir)], capture_output=True)
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    try:
+        return dict(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+# --- workloads: each takes the work directory, returns seconds -----------------------
+def datalog(work: Path, records: int) -> float:
+    record = b"x" * 255 + b"\n"
+    start = time.perf_counter()
+    fd = os.open(work / "lot.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o644)
+    try:
+        for n in range(records):
+            os.write(fd, record)
+            if n % 1000 == 999:
+                os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - start
+    os.unlink(work / "lot.log")
+    return elapsed
+
+
+def seq_write(work: Path, size: int) -> float:
+    block = os.urandom(MIB)
+    start = time.perf_counter()
+    fd = os.open(work / "seq.bin", os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // MIB):
+            os.write(fd, block)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - start
+
+
+def seq_read(work: Path, size: int) -> float:
+    start = time.perf_counter()
+    with open(work / "seq.bin", "rb", buffering=0) as f:
+        while f.read(MIB):
+            pass
+    elapsed = time.perf_counter() - start
+    os.unlink(work / "seq.bin")
+    return elapsed
+
+
+def timed(cmd: list[str], cwd: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def ensure_tree(base: Path, size_mb: int, mkdataset: Path) -> Path:
+    tarball = base / f"tree-{size_mb}.tar"
+    if tarball.exists():
+        return tarball
+    log(f"generating the source tree ({size_mb} MiB dataset, pgm/ without *.atp)")
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        gen = Path(tmp) / "gen"
+        subprocess.run([sys.executable, str(mkdataset), "init", str(gen), "--size-mb",
+                        str(size_mb), "--seed", "42", "--jobs", "1"], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(["tar", "-C", str(gen), "--exclude=*.atp", "--transform=s,^pgm,tree,",
+                        "-cf", str(tarball), "pgm"], check=True)  # fmt: skip
+    return tarball
+
+
+def workloads(args: argparse.Namespace, tarball: Path) -> list[tuple[str, Callable[[Path], float]]]:
+    size = args.seq_mb * MIB
+    items: list[tuple[str, Callable[[Path], float]]] = [
+        ("datalog", lambda w: datalog(w, args.records)),
+        ("seq write", lambda w: seq_write(w, size)),
+        ("seq read (warm)", lambda w: seq_read(w, size)),
+        ("tar x", lambda w: timed(["tar", "xf", str(tarball)], w)),
+        ("grep -r (warm)", _grep),
+        ("rm -rf", lambda w: timed(["rm", "-rf", "tree"], w)),
+    ]
+    if args.make_src:
+        src = Path(args.make_src)
+
+        def make(w: Path) -> float:
+            shutil.copytree(src, w / "build")
+            elapsed = timed(["make", "-j2", "-s"], w / "build")
+            shutil.rmtree(w / "build")
+            return elapsed
+
+        items.append(("make -j2", make))
+    return items
+
+
+def _grep(work: Path) -> float:
+    subprocess.run(["grep", "-r", "-c", "zzzz-none", "tree"], cwd=work, stdout=subprocess.DEVNULL)
+    start = time.perf_counter()
+    subprocess.run(["grep", "-r", "-c", "zzzz-none", "tree"], cwd=work, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="/var/tmp", help="where the work directories go")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--records", type=int, default=20_000, help="datalog appends")
+    parser.add_argument("--seq-mb", type=int, default=256)
+    parser.add_argument("--tree-mb", type=int, default=1000, help="mkdataset size for pgm/")
+    parser.add_argument("--make-src", help="a C project directory to `make -j2` each round")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
+    parser.add_argument("--mkdataset", default="/work/shared/bench/mkdataset.py")
+    parser.add_argument("--quick", action="store_true", help="small smoke sizes")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.records, args.seq_mb, args.tree_mb = 2, 5_000, 32, 300
+    if "native" not in args.sides:
+        args.sides.insert(0, "native")
+    base = Path(tempfile.mkdtemp(prefix="dpmsfs-workloads-", dir=args.base))
+    cache = Path(args.base) / "dpmsfs-bench-cache"
+    cache.mkdir(exist_ok=True)
+    tarball = ensure_tree(cache, args.tree_mb, Path(args.mkdataset))
+    times: dict[str, dict[str, list[float]]] = {}
+    requests: dict[str, dict[str, dict[str, int]]] = {}
+    try:
+        for round_index in range(args.rounds):
+            order = (
+                args.sides[round_index % len(args.sides) :]
+                + args.sides[: round_index % len(args.sides)]
+            )
+            for side in order:
+                work = base / side / "work"
+                store = base / side / "store"
+                work.mkdir(parents=True, exist_ok=True)
+                counts = base / side / "counts.json"
+                with mounted(side, work, store, counts):
+                    for name, run in workloads(args, tarball):
+                        before = read_counts(counts)
+                        elapsed = run(work)
+                        times.setdefault(name, {}).setdefault(side, []).append(elapsed)
+                        if side.startswith("kernel"):
+                            time.sleep(0.45)
+                            after = read_counts(counts)
+                            delta = {k: v - before.get(k, 0) for k, v in after.items()
+                                     if v - before.get(k, 0)}  # fmt: skip
+                            requests.setdefault(name, {})[side] = delta
+                log(f"round {round_index + 1}: {side} done")
+    finally:
+        subprocess.run(["umount", "-l", *[str(base / s / "work") for s in SIDES]],
+                       capture_output=True)  # fmt: skip
+        shutil.rmtree(base, ignore_errors=True)
+    rows = []
+    for name, per_side in times.items():
+        row: dict[str, Any] = {"workload": name, "native_s": statistics.median(per_side["native"])}
+        for side in args.sides[1:]:
+            ratios = [s / n for s, n in zip(per_side[side], per_side["native"], strict=True)]
+            row[f"{side}_s"] = statistics.median(per_side[side])
+            row[f"{side}_ratio"] = statistics.median(ratios)
+            row[f"{side}_requests"] = requests.get(name, {}).get(side)
+        rows.append(row)
+    header = "| work | native | " + " | ".join(f"{s} (x native)" for s in args.sides[1:]) + " |"
+    print(header)
+    print("|---|---:|" + "---:|" * (len(args.sides) - 1))
+    for row in rows:
+        cells = [f"{row[f'{s}_s']:.3f} s ({row[f'{s}_ratio']:.2f}x)" for s in args.sides[1:]]
+        print(f"| {row['workload']} | {row['native_s']:.3f} s | " + " | ".join(cells) + " |")
+    print("\nFUSE requests per workload (last round):")
+    for row in rows:
+        for side in ("kernel-pt", "kernel"):
+            if row.get(f"{side}_requests"):
+                top = sorted(row[f"{side}_requests"].items(), key=lambda kv: -kv[1])[:6]
+                print(
+                    f"  {row['workload']:<16} {side:<10} " + ", ".join(f"{k} {v}" for k, v in top)
+                )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
