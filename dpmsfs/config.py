@@ -8,6 +8,10 @@ Example (/etc/dpmsfs/data-tool.toml)::
     max_delay_seconds = 60                  # ... but never later than this after the first
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
+    server = ["https://srv-a:8765", "https://srv-b:8765"]   # sync on (HA pair, in order)
+    token_file = "/etc/dpmsfs/tester-07.token"             # from `dpmsfs-server token create`
+    tls_ca = "/etc/dpmsfs/ca.pem"                           # private CA of the servers
+    sync_bandwidth_limit = 0                                # bytes/s for uploads, 0 = none
 """
 
 from __future__ import annotations
@@ -39,6 +43,13 @@ class Config:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDES
     ingest_threads: int = 2
     fd_budget: int = 4096
+    # sync to dpmsfs-server (off while `server` is empty)
+    server: tuple[str, ...] = ()
+    token_file: Path | None = None
+    tls_ca: str = ""
+    sync_bandwidth_limit: int = 0  # bytes/s, 0 = no limit
+    sync_snapshot_idle_seconds: float = 5.0  # snapshot this long after capture went idle
+    sync_snapshot_min_seconds: float = 30.0  # ... but at most one per this many seconds
 
     @property
     def name(self) -> str:
@@ -150,12 +161,28 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     ).absolute()
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
+    if "server" in values:
+        values["server"] = server_urls(values["server"])
+    if values.get("token_file") is not None:
+        values["token_file"] = Path(str(values["token_file"]))
     try:
         config = replace(Config(workdir=workdir, store=store), **values)
     except TypeError as exc:
         raise UsageError(f"bad configuration: {exc}") from None
     check_store_location(config)
     return config
+
+
+def server_urls(value: Any) -> tuple[str, ...]:
+    """`server` as a TOML list or a comma-separated string (`--server a,b`)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise UsageError("server: need a URL or a list of URLs")
+    urls = tuple(str(u).strip() for u in items if str(u).strip())
+    for url in urls:
+        if not re.match(r"^https?://[^/\s]+/?$", url):
+            raise UsageError(f"server: {url!r} is not a URL like https://host:8765")
+    return urls
 
 
 def check_store_location(config: Config) -> None:

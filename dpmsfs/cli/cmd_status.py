@@ -93,4 +93,24 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"snapshot view   {r['snapshot_view']}")
     if r.get("errors"):
         lines.append(f"errors          {r['errors']} (last: {r['last_error']})")
+    lines.extend(render_sync(r.get("sync")))
     return "\n".join(lines)
+
+
+def render_sync(s: dict[str, Any] | None) -> list[str]:
+    """The `sync` section (present when the daemon runs)."""
+    if not s:
+        return []
+    if not s.get("enabled"):
+        return ["sync            off (no server configured)"]
+    reach = {True: "reachable", False: "UNREACHABLE", None: "not contacted yet"}[s["reachable"]]
+    q = s["queue"]
+    lines = [
+        f"sync            server {reach}: {s['server_url'] or '-'} (id {s['server_id'] or '-'})",
+        f"last sync       {_when(s['last_success_ns'])}, lag {s['lag_seconds']:.0f} s",
+        f"sync queue      {q['snapshots']} snapshots, {q['objects']} objects, "
+        f"{human_bytes(q['bytes'])}" + (f" (oldest {q['oldest']})" if q["oldest"] else ""),
+    ]
+    if s.get("last_error"):
+        lines.append(f"sync error      {s['last_error']}")
+    return lines

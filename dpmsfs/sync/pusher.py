@@ -60,6 +60,8 @@ class SyncBackend(Protocol):
 
     def list_refs(self) -> list[str]: ...
 
+    def close(self) -> None: ...
+
 
 class ServerChanged(Exception):
     """The server answering changed mid-snapshot (HA failover): restart the pass."""
