@@ -168,3 +168,61 @@ def test_stop_between_requests(store: Store) -> None:
     with pytest.raises(Stopped):
         p.run_pass(PassReport())
     assert snapshots_on(FakeV2(server, "t")) == []
+
+
+def test_interrupted_pass_redoes_at_most_one_batch(tmp_path: Path) -> None:
+    """A pass cut off after a few uploads (a crash: the process and its memory are gone),
+    then a new process on the same store: it resends at most the batch in flight."""
+    path = str(tmp_path / "store")
+    store = new_store(path)
+    files = random_files(40, 50_000, seed=9)
+    name = snapshot(store, files)
+    server = FakeServer()
+    uploads = 0
+
+    def crash_on_third_upload(method: str) -> None:
+        nonlocal uploads
+        if method == "upload":
+            uploads += 1
+            if uploads == 3:
+                raise TemporaryRemoteError("connection reset")
+
+    p = pusher(store, FakeV2(server, "t", crash_on_third_upload), batch_objects=8)
+    with pytest.raises(TemporaryRemoteError):
+        p.run_pass()
+    stored_before = len(server.pool)
+    store.close()
+    store = Store.open(path)
+    try:
+        SyncState(store.db)  # declares the tables
+        with store.db.read() as txn:
+            confirmed = txn.count("sync_objects")
+        assert confirmed == stored_before >= 14  # two batches, durable
+        report = pusher(store, FakeV2(server, "t"), batch_objects=8).run_pass()
+        assert report.snapshots_done == 1
+        # 41 chunks + 4 trees; what was confirmed before the crash is not sent again
+        assert report.objects_uploaded == 45 - confirmed
+        assert read_snapshot(FakeV2(server, "t"), name) == files
+    finally:
+        store.close()
+
+
+def test_throttle_limits_the_rate() -> None:
+    from dpmsfs.sync.throttle import Throttle
+
+    clock = [0.0]
+    waits: list[float] = []
+
+    class FakeStop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout or 0.0)
+            clock[0] += timeout or 0.0
+            return False
+
+    throttle = Throttle(1_000_000, monotonic=lambda: clock[0], stop=FakeStop())
+    assert throttle.request_size(32 << 20) == 1_000_000
+    for _ in range(10):
+        throttle.consume(500_000)
+    # 5 MB at 1 MB/s with a 1 s bucket: about 4 s of waiting
+    assert 3.5 <= sum(waits) <= 4.5
+    assert Throttle(0).request_size(123) == 123
