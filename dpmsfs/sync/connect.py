@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 # The sync service has its own backoff; one call only retries briefly (a blip, a failover).
 CALL_RETRY = RetryPolicy(deadline=10.0, first_delay=0.5, max_delay=2.0)
+# A server that accepts but never answers (a dead peer behind a load balancer, a black-holed
+# route) holds a request this long; tests shorten it.
+READ_TIMEOUT = float(os.environ.get("DPMSFS_SYNC_READ_TIMEOUT", "60"))
 
 
 def read_token(config: Config) -> str:
@@ -39,6 +42,7 @@ def open_backend(config: Config) -> SyncBackend:
             list(config.server),
             config.tool_id,
             token,
+            timeout=(5.0, READ_TIMEOUT),
             retrier=Retrier(CALL_RETRY),
             tls_verify=config.tls_ca or True,
         )
