@@ -203,7 +203,7 @@ class SyncService:
     def local_snapshot_names(self) -> list[str]:
         return [r.name for r in self.store.list_snapshots()]
 
-    def report(self, pending_files: int = 0, oldest_pending_ns: int = 0) -> dict[str, Any]:
+    def report(self, pending_files: int = 0) -> dict[str, Any]:
         """The `sync` section of `dpmsfs status` (worker thread: LMDB reads)."""
         now = self.now_ns()
         queue = self.pusher.queue()
@@ -212,13 +212,14 @@ class SyncService:
         queued_bytes = progress.bytes_pending + sum(
             r.stats.new_bytes for r in queue if r.name != walked
         )
-        oldest = min([r.time_utc_ns for r in queue] + ([oldest_pending_ns] if oldest_pending_ns
-                     else []), default=0)  # fmt: skip
-        engine = self.engine
-        if not oldest and engine is not None and engine.changed_since_snapshot:
-            # Changes captured but not in a snapshot yet: no older than the last snapshot.
-            last = self.store.latest_snapshot()
-            oldest = last.time_utc_ns if last is not None and pending_files == 0 else 0
+        # Lag: the oldest change not on the server. The oldest unconfirmed snapshot, else
+        # the oldest change still waiting for capture, else (captured, not in a snapshot
+        # yet) at most the age of the last snapshot.
+        oldest = queue[0].time_utc_ns if queue else 0
+        if not oldest and pending_files:
+            oldest = self._oldest_pending_ns()
+        if not oldest and self.trigger is not None and self.trigger.dirty_since_ns:
+            oldest = self.trigger.dirty_since_ns
         status = asdict(self.status)
         status.update(
             enabled=True,
@@ -240,6 +241,17 @@ class SyncService:
         )
         return status
 
+    def _oldest_pending_ns(self, limit: int = 10_000) -> int:
+        """First-change time of the oldest of (up to `limit`) entries waiting for capture."""
+        oldest = 0
+        with self.store.db.read() as txn:
+            for count, (_, entry) in enumerate(capture_state.iter_pending(txn)):
+                if count >= limit:
+                    break
+                if not oldest or entry.first_ns < oldest:
+                    oldest = entry.first_ns
+        return oldest
+
 
 class SnapshotTrigger:
     """Snapshots for the RPO: with sync on, a changed tree gets a snapshot once capture has
@@ -253,6 +265,8 @@ class SnapshotTrigger:
         self.idle_seconds = idle_seconds
         self.min_seconds = min_seconds
         self.taken = 0
+        # when the trigger first saw captured changes not in a snapshot yet (for the lag)
+        self.dirty_since_ns = 0
 
     async def run(self) -> None:
         engine = self.engine
@@ -260,8 +274,13 @@ class SnapshotTrigger:
         last_captured = engine.status.last_captured_ns
         while True:
             await trio.sleep(TRIGGER_POLL_SECONDS)
-            if self.idle_seconds <= 0 or not engine.changed_since_snapshot:
+            if not engine.changed_since_snapshot:
+                self.dirty_since_ns = 0
                 idle_since = None
+                continue
+            if not self.dirty_since_ns:
+                self.dirty_since_ns = engine.clock.now_ns()
+            if self.idle_seconds <= 0:
                 continue
             if engine.scan_progress.running or engine.status.paused_reason:
                 continue
@@ -279,6 +298,7 @@ class SnapshotTrigger:
                 try:
                     await engine.snapshot(label="", wait_for_pending=False)
                     self.taken += 1
+                    self.dirty_since_ns = 0
                 except StoreError as exc:
                     log.warning("sync-triggered snapshot failed: %s", exc)
                 idle_since = None
