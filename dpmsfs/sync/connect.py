@@ -38,7 +38,7 @@ def read_token(config: Config) -> str:
 def open_backend(config: Config) -> SyncBackend:
     token = read_token(config)
     try:
-        return HttpBackend(
+        backend = HttpBackend(
             list(config.server),
             config.tool_id,
             token,
@@ -48,3 +48,7 @@ def open_backend(config: Config) -> SyncBackend:
         )
     except ValueError as exc:
         raise UsageError(f"sync: {exc}") from None
+    if not isinstance(backend, SyncBackend):
+        backend.close()
+        raise UsageError("sync: this installation's remote client does not speak API /v2")
+    return backend

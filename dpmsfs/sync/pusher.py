@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 from chunker import CorruptChunkError, chunk_id, decompress_chunk
 from dpmsfs.store.errors import CorruptObjectError, ObjectNotFoundError, StoreError
@@ -47,6 +47,7 @@ REF_PREFIX = "snapshot."
 ACCEPTED = frozenset({"created", "exists"})
 
 
+@runtime_checkable
 class SyncBackend(Protocol):
     """The part of remote/backend.py's `Backend` (API /v2) a push pass uses."""
 

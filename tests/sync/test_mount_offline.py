@@ -8,9 +8,12 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.fault.conftest import needs_fuse
 from tests.mount.conftest import wait_for
 from tests.sync.mounts import SyncMount, sync_config
+from tests.sync.test_e2e_server import _v2_server_available
 
 
 def closed_port() -> int:
@@ -20,6 +23,7 @@ def closed_port() -> int:
 
 
 @needs_fuse
+@pytest.mark.skipif(not _v2_server_available(), reason="needs the v2 HttpBackend")
 def test_unreachable_server(workdir: Path, store_dir: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     cfg = sync_config(workdir.parent / "tool.toml", store_dir, [url], "tok-" + "x" * 20, "t1")
