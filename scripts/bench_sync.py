@@ -261,7 +261,7 @@ class RcloneRestic:
         subprocess.run(["restic", "init"], env=self.env, check=True, capture_output=True)
 
     def backup(self, path: Path) -> float:
-        return bv.timed(["restic", "backup", "--no-scan", "-q", str(path)], env=self.env)
+        return bv.timed(["restic", "backup", "-q", str(path)], env=self.env)
 
     def restore(self, target: Path) -> float:
         return bv.timed(["restic", "restore", "latest", "--target", str(target)], env=self.env)
@@ -351,7 +351,7 @@ class BorgSsh:
 
 
 def run_first_and_day(
-    run: Path, data: Path, server: Server, peers: bool, figures: dict[str, Any], wanted: set[str]
+    run: Path, data: Path, server: Server, figures: dict[str, Any], wanted: set[str]
 ) -> None:
     files, tree = bv.tree_bytes(data)
     figures["tree"] = {"files": files, "bytes": tree}
@@ -383,8 +383,10 @@ def run_first_and_day(
             log(f"dpmsfs day: {figures['dpmsfs_day']}")
         for line in mount.problems()[:10]:
             figures.setdefault("notes", []).append(f"dpmsfs log: {line}")
-    if not peers:
-        return
+
+
+def run_peers(run: Path, data: Path, figures: dict[str, Any], wanted: set[str]) -> None:
+    _, tree = bv.tree_bytes(data)
     for name, make in (("restic_rclone", RcloneRestic), ("borg_ssh", BorgSsh)):
         copy = run / name / "work"
         copy.parent.mkdir(parents=True)
@@ -400,14 +402,17 @@ def run_first_and_day(
                 "stored_bytes": stored,
             }
             log(f"{name} first: {figures[f'{name}_first']}")
-            if "day" in wanted:
-                bv.mutate(copy)
-                peer.backup(copy)
-                figures[f"{name}_day"] = {"stored_growth": peer.stored_bytes() - stored}
             if isinstance(peer, RcloneRestic) and "restore" in wanted:
                 seconds = peer.restore(run / name / "restored")
                 figures["restic_restore"] = {"s": seconds, "mb_s": tree / MB / seconds}
                 shutil.rmtree(run / name / "restored", ignore_errors=True)
+            if "day" in wanted:
+                bv.mutate(copy)
+                peer.backup(copy)
+                figures[f"{name}_day"] = {"stored_growth": peer.stored_bytes() - stored}
+        except Exception as exc:
+            log(f"{name} failed: {exc}")
+            figures.setdefault("failed", {})[name] = str(exc)[-2000:]
         finally:
             peer.stop()
         shutil.rmtree(copy, ignore_errors=True)
@@ -654,18 +659,26 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(run / "server", tools)
     try:
         data = dataset(base, args.size_mb)
-        if wanted & {"first", "day", "restore"}:
-            run_first_and_day(run, data, server, not args.no_peers, figures, wanted)
-        if "restore" in wanted:
-            run_restore_hook(run, server, figures)
-        if "tool2" in wanted:
-            run_tool2(run, base, args.size_mb, server, figures)
-        if "twelve" in wanted:
-            run_twelve(run, base, args.small_mb, server, figures)
-        if "rpo" in wanted:
-            run_rpo(run, server, args.rpo_files, args.rpo_every, figures)
-        if "latency" in wanted:
-            run_latency(run, data, server, figures)
+        steps = [
+            ("first", lambda: run_first_and_day(run, data, server, figures, wanted)),
+            ("peers", lambda: run_peers(run, data, figures, wanted)),
+            ("restore", lambda: run_restore_hook(run, server, figures)),
+            ("tool2", lambda: run_tool2(run, base, args.size_mb, server, figures)),
+            ("twelve", lambda: run_twelve(run, base, args.small_mb, server, figures)),
+            ("rpo", lambda: run_rpo(run, server, args.rpo_files, args.rpo_every, figures)),
+            ("latency", lambda: run_latency(run, data, server, figures)),
+        ]
+        for step, fn in steps:
+            if step == "peers":
+                if args.no_peers or not wanted & {"first", "day", "restore"}:
+                    continue
+            elif step not in wanted and not (step == "first" and "day" in wanted):
+                continue
+            try:
+                fn()
+            except Exception as exc:  # one failing workload must not hide the others
+                log(f"{step} failed: {exc}")
+                figures.setdefault("failed", {})[step] = str(exc)[-2000:]
     finally:
         server.stop()
         shutil.rmtree(run, ignore_errors=True)
