@@ -147,8 +147,13 @@ class Pusher:
             except ServerChanged:
                 raise
             except _Blocked as exc:
-                if self.store.get_snapshot(record.name) is None:
+                current = self.store.get_snapshot(record.name)
+                if current is None:
                     log.info("snapshot %s was removed locally while syncing", record.name)
+                    continue
+                if current.root_tree_id != record.root_tree_id:
+                    log.info("snapshot %s was rewritten locally while syncing", record.name)
+                    attempted.discard(record.name)  # push the new version now
                     continue
                 log.warning("snapshot %s cannot be synced yet: %s", record.name, exc)
                 report.blocked[record.name] = str(exc)
@@ -228,7 +233,10 @@ class Pusher:
         try:
             self.backend.put_ref(REF_PREFIX + record.name, record.encode())
         except ConflictError:
-            raise _Blocked(f"the server holds a different record named {record.name}") from None
+            # The server holds another record under this name: the snapshot was rewritten
+            # locally (a prune path rule trimmed it) after the server got the complete one.
+            # The server's copy stands (docs/design.md, prune's sync contract).
+            log.info("snapshot %s: the server keeps its own (earlier) record", record.name)
         if self.backend.server_id() != server_id:
             # The ref may have reached a server that was not checked: recheck that one.
             self.state.set_audit(server_key(self.backend.server_id()), True)
@@ -432,4 +440,4 @@ class Pusher:
 
 class _Blocked(Exception):
     """This snapshot cannot be completed now (an object missing or damaged locally, a
-    record conflict); later snapshots still go."""
+    refused upload); later snapshots still go."""
