@@ -8,10 +8,18 @@ Example (/etc/dpmsfs/data-tool.toml)::
     max_delay_seconds = 60                  # ... but never later than this after the first
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
+    prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
     server = ["https://srv-a:8765", "https://srv-b:8765"]   # sync on (HA pair, in order)
     token_file = "/etc/dpmsfs/tester-07.token"             # from `dpmsfs-server token create`
     tls_ca = "/etc/dpmsfs/ca.pem"                           # private CA of the servers
     sync_bandwidth_limit = 0                                # bytes/s for uploads, 0 = none
+
+    [retention]                             # docs/operations.md "Retention"
+    keep_within = "14d"
+    keep_daily = 60
+    keep_weekly = 26
+    keep_monthly = 24
+    pin_labels = ["release"]                # besides every "pre-restore" snapshot
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from dpmsfs.errors import UsageError
+from dpmsfs.store.retention import DEFAULT_POLICY, Policy, policy_from_config
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
 STATE_ROOT = Path("/var/lib/dpmsfs")
@@ -50,6 +59,8 @@ class Config:
     sync_bandwidth_limit: int = 0  # bytes/s, 0 = no limit
     sync_snapshot_idle_seconds: float = 5.0  # snapshot this long after capture went idle
     sync_snapshot_min_seconds: float = 30.0  # ... but at most one per this many seconds
+    retention: Policy = DEFAULT_POLICY
+    prune_interval_hours: float = 24.0
 
     @property
     def name(self) -> str:
@@ -159,6 +170,10 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     store = Path(
         values.pop("store", None) or remembered_store(workdir) or default_store_dir(workdir)
     ).absolute()
+    if "retention" in values:
+        if not isinstance(values["retention"], dict):
+            raise UsageError(f"{path}: retention must be a table ([retention])")
+        values["retention"] = policy_from_config(values["retention"], f"{path}: [retention]")
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     if "server" in values:

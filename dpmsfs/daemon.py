@@ -26,7 +26,10 @@ from dpmsfs.control import Handler, serve_control
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView
+from dpmsfs.prune import PruneService, set_pin
+from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
+from dpmsfs.store.retention import with_overrides
 from dpmsfs.store.store import Store
 from dpmsfs.sync.service import SyncService
 
@@ -108,6 +111,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         sync = start_sync(config, store, engine)
         if sync is not None:
             stack.callback(sync.backend.close)
+        pruner = PruneService(store, config.retention, config.prune_interval_hours, clock)
 
         async def status(_: dict[str, Any]) -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
@@ -116,7 +120,21 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             report["sync"] = {"enabled": False}
             if sync is not None:
                 report["sync"] = await trio.to_thread.run_sync(sync.report, report["pending_files"])
+            report["prune"] = pruner.status()
             return {"status": report}
+
+        async def prune_request(request: dict[str, Any]) -> dict[str, Any]:
+            policy = with_overrides(config.retention, dict(request.get("overrides") or {}))
+            dry_run = bool(request.get("dry_run"))
+            result = await trio.to_thread.run_sync(pruner.run_now, policy, dry_run)
+            return {"prune": result.as_dict()}
+
+        async def pin_request(request: dict[str, Any]) -> dict[str, Any]:
+            name = await trio.to_thread.run_sync(
+                set_pin, store, str(request.get("snapshot", "")),
+                bool(request.get("pinned", True)), str(request.get("reason", "")),
+            )  # fmt: skip
+            return {"snapshot": name}
 
         async def ping(_: dict[str, Any]) -> dict[str, Any]:
             return {}
@@ -138,8 +156,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 safety = (await engine.snapshot(label="pre-restore")).name
 
             def run_job() -> restore_job.RestoreStats:
-                return restore_job.restore(reader, job.record, job.selection, job.target,
-                                           in_place=job.in_place, force=job.force)  # fmt: skip
+                with store_gc.lease(store, job.record.name):  # a prune meanwhile keeps its objects
+                    return restore_job.restore(reader, job.record, job.selection, job.target,
+                                               in_place=job.in_place, force=job.force)  # fmt: skip
 
             try:
                 # Off the FUSE thread: an in-place restore writes through this very mount.
@@ -172,13 +191,14 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         async def control() -> None:
             handlers: dict[str, Handler] = {
                 "status": status, "snapshot": snapshot, "ping": ping, "restore": restore,
+                "prune": prune_request, "pin": pin_request,
                 "sync": sync_now,
             }  # fmt: skip
             await serve_control(config.control_socket, handlers)
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         view = SnapshotView(config.workdir, config.store, level)
-        services: list[Service] = [engine.run, control, view.run]
+        services: list[Service] = [engine.run, control, view.run, pruner.run]
         if sync is not None:
             services.append(sync.run)
         serve(

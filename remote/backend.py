@@ -1,12 +1,28 @@
-"""The interface every remote backend offers: opaque keys and bytes, nothing more.
+"""The v2 interface every remote backend offers (contract: docs/remote-api.md, "/v2").
 
-Keys are 32 lower-case hex digits (xxh3-128 content ids chosen by the caller); the backend
-does not interpret them. Objects are immutable once stored. Refs are small named records,
-append-only: storing a ref again with the same bytes is a no-op, with different bytes a
-`ConflictError`. Deleting needs an admin credential (`AuthError` otherwise).
+Objects are chunk frames (`chunker.compress_chunk`) named by the tool's id, the xxh3-128 of
+the plain content (32 lower-case hex). The server keeps one shared *pool* of blobs keyed by
+the SHA-256 of the plain content (64 lower-case hex) and, per namespace (tool), a map from
+id to pool digest. A mapping is only ever created after the server verified that the blob's
+plain content has that xxh3-128, so no tool can make another restore foreign bytes by
+uploading an xxh3 collision first.
 
-Errors: `TemporaryRemoteError` (try later), `PermanentRemoteError` and its subclasses
-`NotFoundError`, `ConflictError`, `AuthError`.
+- `missing` answers which ids the server still needs bytes for. An id with a digest the pool
+  already holds (another tool uploaded the same content) is mapped there and then, durably,
+  and is not missing: this is the cross-tool dedup, and no bytes move.
+- `upload` sends (id, sha256, frame) records; the server decodes each frame and checks both
+  hashes; a mismatch rejects that record only (status `hash_mismatch` or `bad_frame`).
+- Downloads (`load`, `load_many`) are verified by the client too: the frame decodes and its
+  plain content hashes to the id asked for (`IntegrityError` otherwise).
+- Refs are small named records, append-only for tools: storing a ref again with the same
+  bytes is a no-op, with different bytes a `ConflictError`. Deleting needs an admin
+  credential (`AuthError` otherwise).
+- `server_id()` names the server answering now (fixed per data directory), so the sync layer
+  notices an HA failover and re-checks what that server holds.
+
+Errors: `TemporaryRemoteError` (try later, or the other server), `PermanentRemoteError` and
+its subclasses `NotFoundError`, `ConflictError`, `AuthError`; `IntegrityError` (temporary).
+Malformed ids, digests or ref names are refused client-side with `ValueError`.
 """
 
 from __future__ import annotations
@@ -16,27 +32,46 @@ from typing import Protocol, runtime_checkable
 
 # A module-level alias because a method named `list` shadows the builtin in class bodies.
 Keys = list[str]
+# Upload statuses (per record) of `Backend.upload`.
+CREATED = "created"
+EXISTS = "exists"
+HASH_MISMATCH = "hash_mismatch"
+BAD_FRAME = "bad_frame"
+UPLOAD_STATUSES = frozenset({CREATED, EXISTS, HASH_MISMATCH, BAD_FRAME})
+STORED_STATUSES = frozenset({CREATED, EXISTS})  # the server holds the id's bytes now
 
 
 @runtime_checkable
 class Backend(Protocol):
-    def save(self, key: str, data: bytes) -> None:
-        """Store `data` under `key` (a no-op if a sound copy is already there)."""
-
-    def load(self, key: str) -> bytes:
-        """The bytes under `key`, verified; `NotFoundError` if absent."""
+    def server_id(self) -> str:
+        """The id (uuid hex) of the server that answers now; changes on HA failover."""
         ...
 
-    def exists(self, key: str) -> bool:
-        """Whether `key` is present (a cheap check; `missing` is the verified one)."""
+    def missing(self, objects: Sequence[tuple[str, str | None]]) -> Keys:
+        """Of (id, sha256 or None) pairs, the ids the server still needs bytes for.
+
+        In request order; batches internally. A pair whose digest the pool holds intact
+        with a matching xxh3 is mapped by the server before it answers (not missing).
+        """
         ...
 
-    def missing(self, keys: Sequence[str]) -> Keys:
-        """Those of `keys` the backend does not hold intact, in the order given."""
+    def upload(self, records: Sequence[tuple[str, str, bytes]]) -> dict[str, str]:
+        """Send (id, sha256, frame) records; {id: status} with a status of UPLOAD_STATUSES.
+
+        Durable on the server before this returns; batches internally.
+        """
+        ...
+
+    def load(self, id: str) -> bytes:
+        """The frame of `id`, verified (decodes, xxh3 == id); `NotFoundError` if absent."""
+        ...
+
+    def load_many(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """(id, frame or None if the server lacks it), verified as `load`, order as given."""
         ...
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:
-        """Up to `limit` keys greater than `after`, in ascending order."""
+        """Up to `limit` mapped ids greater than `after`, in ascending order."""
         ...
 
     def put_ref(self, name: str, data: bytes) -> None:
@@ -50,8 +85,8 @@ class Backend(Protocol):
         """All ref names, sorted."""
         ...
 
-    def delete(self, key: str) -> None:
-        """Remove object `key` (admin only); `NotFoundError` if absent."""
+    def delete(self, id: str) -> None:
+        """Remove the mapping of `id` (admin only); `NotFoundError` if absent."""
 
     def delete_ref(self, name: str) -> None:
         """Remove ref `name` (admin only); `NotFoundError` if absent."""
@@ -61,7 +96,7 @@ class Backend(Protocol):
 
 
 def iter_keys(backend: Backend, page: int = 1000) -> Iterator[str]:
-    """Every key of `backend`, paging through `list`."""
+    """Every mapped id of `backend`, paging through `list`."""
     after = ""
     while True:
         keys = backend.list(after, page)

@@ -9,7 +9,7 @@ raised afterwards: the "upload arrived but the answer was lost" case.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 from remote.backend import Backend, Keys
@@ -40,17 +40,21 @@ class FaultyBackend:
             raise verdict
         raise TemporaryRemoteError(f"injected fault in {method} (call {n})")
 
-    def save(self, key: str, data: bytes) -> None:
-        self._run("save", lambda: self.wrapped.save(key, data))
+    def server_id(self) -> str:
+        return self._run("server_id", self.wrapped.server_id)
 
-    def load(self, key: str) -> bytes:
-        return self._run("load", lambda: self.wrapped.load(key))
+    def missing(self, objects: Sequence[tuple[str, str | None]]) -> Keys:
+        return self._run("missing", lambda: self.wrapped.missing(objects))
 
-    def exists(self, key: str) -> bool:
-        return self._run("exists", lambda: self.wrapped.exists(key))
+    def upload(self, records: Sequence[tuple[str, str, bytes]]) -> dict[str, str]:
+        return self._run("upload", lambda: self.wrapped.upload(records))
 
-    def missing(self, keys: Sequence[str]) -> Keys:
-        return self._run("missing", lambda: self.wrapped.missing(keys))
+    def load(self, id: str) -> bytes:
+        return self._run("load", lambda: self.wrapped.load(id))
+
+    def load_many(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Faults apply to the whole call (before the first item, or after the last)."""
+        return iter(self._run("load_many", lambda: builtins.list(self.wrapped.load_many(ids))))
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:
         return self._run("list", lambda: self.wrapped.list(after, limit))
@@ -64,8 +68,8 @@ class FaultyBackend:
     def list_refs(self) -> Keys:
         return self._run("list_refs", self.wrapped.list_refs)
 
-    def delete(self, key: str) -> None:
-        self._run("delete", lambda: self.wrapped.delete(key))
+    def delete(self, id: str) -> None:
+        self._run("delete", lambda: self.wrapped.delete(id))
 
     def delete_ref(self, name: str) -> None:
         self._run("delete_ref", lambda: self.wrapped.delete_ref(name))

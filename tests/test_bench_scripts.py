@@ -47,3 +47,34 @@ def test_bench_mount_quick(tmp_path: Path) -> None:
     assert ("tar_x", "example") in measured
     with open("/proc/self/mountinfo") as mounts:
         assert "dpmsfs-bench-" not in mounts.read(), "a benchmark mount was left behind"
+
+
+BENCH_PRUNE = REPO / "scripts" / "bench_prune.py"
+
+
+def test_bench_prune_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCH_PRUNE), "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--keep-last" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/dev/fuse"), reason="needs root and /dev/fuse"
+)
+@pytest.mark.timeout(900)
+def test_bench_prune_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "prune.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCH_PRUNE), "--size-mb", "20", "--days", "3", "--per-day", "2",
+         "--keep-last", "2", "--samples", "2", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["verify_ok"] and report["snapshots_removed"] > 0
+    assert report["reclaimed_bytes"] > 0

@@ -314,6 +314,12 @@ class CaptureEngine:
         The threads take the next file from a shared queue, so one thread stuck on a
         200 MB datalog does not leave the other idle with its share done.
         """
+        # A reference span (store.references): a prune running beside this batch waits
+        # for it before it decides what is live (docs/design.md "Prune").
+        with self.store.references():
+            await self._ingest_batch_in_span(batch)
+
+    async def _ingest_batch_in_span(self, batch: list[_Work]) -> None:
         now_ns = self.clock.now_ns()
         outcomes: list[tuple[_Work, ingest.Outcome | None]] = []
         threads = min(max(1, self.config.ingest_threads), len(batch))

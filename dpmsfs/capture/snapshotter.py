@@ -108,7 +108,8 @@ def take_snapshot(
     tool_id: str = "",
 ) -> SnapshotRecord:
     """Build the trees and record a snapshot of the capture state as it is now."""
-    with write_lock:
+    # the reference span: a prune waits for it (ids read from the state, then named by trees)
+    with store.references(), write_lock:
         root_id, updates = build_trees(db, store)
         store.flush()  # trees indexed before anything refers to them
         db.transact(lambda txn: commit_trees(txn, root_id, updates))

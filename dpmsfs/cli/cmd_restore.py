@@ -116,17 +116,20 @@ def _restore_here(
         safety = cmd_snapshot.take(cfg, "pre-restore")
         print(f"dpmsfs: current state kept as snapshot {safety} (pre-restore)")
 
+    from dpmsfs.store import gc
+
     store = open_store_readonly(cfg)
     try:
-        stats = restore_job.restore(
-            SnapshotReader(store),
-            record,
-            selection,
-            target,
-            in_place=in_place,
-            force=args.force,
-            progress=_progress if sys.stderr.isatty() else None,
-        )
+        with gc.lease(store, record.name):  # a prune meanwhile keeps the snapshot's objects
+            stats = restore_job.restore(
+                SnapshotReader(store),
+                record,
+                selection,
+                target,
+                in_place=in_place,
+                force=args.force,
+                progress=_progress if sys.stderr.isatty() else None,
+            )
     finally:
         store.close()
     if sys.stderr.isatty():

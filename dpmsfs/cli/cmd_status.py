@@ -47,6 +47,9 @@ def offline_report(cfg: Any) -> dict[str, Any]:
         for record in store.list_snapshots():
             last = record.name
         stats = store.stats()
+        from dpmsfs.prune import last_result
+
+        last_prune = last_result(store) or {}
     finally:
         store.close()
     return {
@@ -59,6 +62,14 @@ def offline_report(cfg: Any) -> dict[str, Any]:
         "captured_bytes": total,
         "last_snapshot": last,
         "store_bytes": stats.stored_bytes,
+        "prune": {
+            "policy": cfg.retention.describe(),
+            "running": False,
+            "last_time_ns": last_prune.get("time_ns", 0),
+            "last_removed_snapshots": last_prune.get("removed_snapshots", 0),
+            "last_reclaimed_bytes": last_prune.get("reclaimed_bytes", 0),
+            "last_error": last_prune.get("error", ""),
+        },
     }
 
 
@@ -91,6 +102,15 @@ def render(r: dict[str, Any]) -> str:
         )
     if r.get("snapshot_view"):
         lines.append(f"snapshot view   {r['snapshot_view']}")
+    prune = r.get("prune")
+    if prune:
+        line = "running" if prune["running"] else f"last {_when(prune['last_time_ns'])}"
+        if prune["last_time_ns"]:
+            line += (f": {prune['last_removed_snapshots']} snapshots removed, "
+                     f"{human_bytes(prune['last_reclaimed_bytes'])} reclaimed")  # fmt: skip
+        if prune["last_error"]:
+            line += f"; FAILED: {prune['last_error']}"
+        lines.append(f"prune           {line} (policy: {prune['policy']})")
     if r.get("errors"):
         lines.append(f"errors          {r['errors']} (last: {r['last_error']})")
     lines.extend(render_sync(r.get("sync")))

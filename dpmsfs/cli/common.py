@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dpmsfs import config
-from dpmsfs.errors import NotFoundError, UnavailableError, UsageError
+from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
 
 if TYPE_CHECKING:
     from dpmsfs.store.store import Store
@@ -58,3 +58,20 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def open_store_writable(cfg: config.Config) -> Store:
+    """The store for a command that changes it while no daemon runs (prune, pin)."""
+    from dpmsfs.store.errors import StoreError, StoreLockedError
+    from dpmsfs.store.store import Store
+
+    if not (cfg.store / "index").is_dir():
+        raise NotFoundError(f"no store at {cfg.store} (has this work directory been mounted?)")
+    try:
+        return Store.open(str(cfg.store))
+    except StoreLockedError:
+        raise BusyError(
+            f"store {cfg.store} is in use by another dpmsfs process (a daemon whose mount is gone?)"
+        ) from None
+    except StoreError as exc:
+        raise UsageError(f"store {cfg.store}: {exc}") from None

@@ -41,6 +41,9 @@ class SnapshotRecord:
     label: str = ""
     tool_id: str = ""
     stats: SnapshotStats = SnapshotStats()
+    # path rules a prune applied (its trees were rewritten without those paths); encoded
+    # only when set, so records of untouched snapshots keep their bytes
+    pruned: tuple[str, ...] = ()
 
     def encode(self) -> bytes:
         doc = {
@@ -52,6 +55,8 @@ class SnapshotRecord:
             "tool_id": self.tool_id,
             "stats": asdict(self.stats),
         }
+        if self.pruned:
+            doc["pruned"] = list(self.pruned)
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -70,6 +75,7 @@ class SnapshotRecord:
                 label=str(doc["label"]),
                 tool_id=str(doc["tool_id"]),
                 stats=SnapshotStats(**{k: int(v) for k, v in doc["stats"].items()}),
+                pruned=tuple(str(p) for p in doc.get("pruned", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise StoreError(f"malformed snapshot record: {exc}") from None

@@ -18,6 +18,13 @@ points at nothing.
 Concurrency: `write_chunk`/`write_object` may be called from several threads.  Hashing and
 compression run outside any lock (both release the GIL for large buffers), only the append
 to the open pack holds ``_lock``.  ``_flush_lock`` serializes sealing and index commits.
+
+Space reclaim (gc.py) runs beside writers and readers without a global lock; the store's
+part of that protocol (docs/design.md, "Prune: reclaiming space beside capture") is the
+*guard* (every id passed to `write_object` while a collection runs is recorded before
+the dedup check), `references()` (a span in which ids a caller obtained may still be
+committed to state: the collector waits for spans older than its mark), and `read_blob`
+looking an object up again when a repack moved it and removed its old pack.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 from typing import NamedTuple
 
@@ -62,6 +70,7 @@ _MARKER_TEXT = (
     "in it by hand; use `dpmsfs verify` to check it.\n"
 )
 _MAX_OPEN_PACKS = 64  # cached read fds
+_HANDLE_CHECK_SECONDS = 5.0  # how often cached fds of deleted packs are looked for
 
 
 class StoreStats(NamedTuple):
@@ -76,6 +85,10 @@ class _Pending(NamedTuple):
 
     writer: PackWriter
     loc: ObjectLocation
+
+
+class _PackGoneError(CorruptObjectError):
+    """A pack file named by a location is not there (a repack may have moved it)."""
 
 
 class _PackHandle:
@@ -130,6 +143,13 @@ class Store:
         self._stopping = False
         self._handles_lock = threading.Lock()
         self._handles: dict[bytes, _PackHandle] = {}  # insertion order = LRU order
+        self._handles_checked = time.monotonic()
+        # space reclaim (gc.py): ids used while a collection runs, and reference spans
+        self._gc_lock = threading.Lock()
+        self._gc_guard: set[bytes] | None = None
+        self._spans = threading.Condition()
+        self._span_next = 0
+        self._spans_open: set[int] = set()
         with db.read() as txn:
             meta = {k: txn.get(schema.T_META, k) for k in (
                 schema.META_FORMAT_VERSION, schema.META_STORE_ID, schema.META_CHUNKER_IDENTITY
@@ -321,6 +341,8 @@ class Store:
         if len(data) >= 1 << 32:
             raise StoreError("objects are limited to 4 GiB")
         oid = chunk_id(data)
+        if self._gc_guard is not None:
+            self.guard(oid)  # before the dedup check below: see gc.py
         with self._lock:
             while oid in self._inflight:
                 self._written.wait()
@@ -443,6 +465,12 @@ class Store:
         with self.db.read() as txn:
             return txn.get(schema.T_OBJECTS, oid) is not None
 
+    def pending_type(self, oid: bytes) -> int | None:
+        """The type of an object written but not yet indexed (None if not pending)."""
+        with self._lock:
+            pending = self._pending.get(oid)
+        return None if pending is None else pending.loc.type
+
     def is_indexed(self, oid: bytes) -> bool:
         """Whether ``oid`` is durable (indexed), as opposed to only pending."""
         with self.db.read() as txn:
@@ -479,15 +507,29 @@ class Store:
         return self.decode_blob(oid, blob, pack_id)
 
     def read_blob(self, loc: ObjectLocation, oid: bytes) -> memoryview:
-        """The stored (compressed) payload of an indexed object."""
-        handle = self._acquire(loc.pack_id)
-        try:
-            _, blob = read_record(handle.fd, loc.offset, loc.stored_length, oid, handle.path)
-        except PackFormatError as exc:
-            raise CorruptObjectError(str(exc), oid, loc.pack_id) from None
-        finally:
-            self._release(handle)
-        return blob
+        """The stored (compressed) payload of an indexed object.
+
+        A location can be stale: a repack (gc.py) commits the object's new place before
+        it deletes the old pack, so a pack that is gone means "look it up again" (an
+        fd opened before the deletion keeps reading the old file, which is also fine).
+        """
+        for _ in range(8):
+            try:
+                handle = self._acquire(loc.pack_id)
+            except _PackGoneError:
+                moved = self.locate(oid)
+                if moved is None or moved.pack_id == loc.pack_id:
+                    raise
+                loc = moved
+                continue
+            try:
+                _, blob = read_record(handle.fd, loc.offset, loc.stored_length, oid, handle.path)
+            except PackFormatError as exc:
+                raise CorruptObjectError(str(exc), oid, loc.pack_id) from None
+            finally:
+                self._release(handle)
+            return blob
+        raise CorruptObjectError(f"object {oid.hex()} keeps moving between packs", oid, None)
 
     @staticmethod
     def decode_blob(oid: bytes, blob: bytes | memoryview, pack_id: bytes | None) -> bytes:
@@ -511,13 +553,15 @@ class Store:
 
     def _acquire(self, pack_id: bytes) -> _PackHandle:
         with self._handles_lock:
+            if time.monotonic() - self._handles_checked > _HANDLE_CHECK_SECONDS:
+                self._close_deleted_handles()
             handle = self._handles.pop(pack_id, None)
             if handle is None:
                 path = pack_path(self.packs_dir, pack_id)
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except FileNotFoundError:
-                    raise CorruptObjectError(
+                    raise _PackGoneError(
                         f"pack {pack_id.hex()} is missing ({path})", b"", pack_id
                     ) from None
                 handle = _PackHandle(fd, path)
@@ -531,11 +575,96 @@ class Store:
             handle.users += 1
             return handle
 
+    def _close_deleted_handles(self) -> None:
+        """Close cached fds of packs a prune (maybe in another process: the daemon, for
+        the snapshot view) deleted, so their disk space is freed; called every few
+        seconds from `_acquire` with the handles lock held (one fstat per cached fd)."""
+        self._handles_checked = time.monotonic()
+        for pack_id, handle in list(self._handles.items()):
+            try:
+                deleted = os.fstat(handle.fd).st_nlink == 0
+            except OSError:
+                deleted = True
+            if deleted:
+                del self._handles[pack_id]
+                handle.evicted = True
+                if handle.users == 0:
+                    os.close(handle.fd)
+
     def _release(self, handle: _PackHandle) -> None:
         with self._handles_lock:
             handle.users -= 1
             if handle.evicted and handle.users == 0:
                 os.close(handle.fd)
+
+    def drop_pack_handle(self, pack_id: bytes) -> None:
+        """Close the cached fd of a deleted pack (once no read uses it), so its disk
+        space is freed now rather than when the cache would evict it."""
+        with self._handles_lock:
+            handle = self._handles.pop(pack_id, None)
+            if handle is not None:
+                handle.evicted = True
+                if handle.users == 0:
+                    os.close(handle.fd)
+
+    # -- the store's part of space reclaim (gc.py; docs/design.md "Prune") --------------
+
+    def start_guard(self) -> None:
+        """From now on record every id passed to `write_object` (dedup hits included)."""
+        with self._gc_lock:
+            if self._gc_guard is not None:
+                raise StoreError("a collection is already running on this store")
+            self._gc_guard = set()
+
+    def stop_guard(self) -> None:
+        with self._gc_lock:
+            self._gc_guard = None
+
+    def guard(self, oid: bytes) -> None:
+        """Record that ``oid`` is in use (a caller will refer to it): never swept."""
+        with self._gc_lock:
+            if self._gc_guard is not None:
+                self._gc_guard.add(oid)
+
+    def guarded_since(self, seen: set[bytes]) -> set[bytes]:
+        """Ids guarded that are not in ``seen`` (call with `guard_lock` held to decide)."""
+        guard = self._gc_guard
+        return set() if guard is None else guard - seen
+
+    @property
+    def flush_lock(self) -> threading.Lock:
+        """Held while packs are sealed and indexed: a pack file renamed into place but
+        not yet indexed exists only while it is held (gc.py's garbage pass takes it)."""
+        return self._flush_lock
+
+    @property
+    def guard_lock(self) -> threading.Lock:
+        """Held by the collector while it commits a sweep: a writer recording an id
+        either does so before (the sweep sees it) or after (its dedup check then sees
+        the id gone and writes it again)."""
+        return self._gc_lock
+
+    @contextmanager
+    def references(self) -> Iterator[None]:
+        """A span in which the caller may obtain ids (written, deduplicated or read from
+        state) and commit references to them later: the engine wraps an ingest batch and
+        a snapshot in one. A collection waits for spans older than its mark."""
+        with self._spans:
+            token = self._span_next
+            self._span_next += 1
+            self._spans_open.add(token)
+        try:
+            yield
+        finally:
+            with self._spans:
+                self._spans_open.discard(token)
+                self._spans.notify_all()
+
+    def wait_for_references(self, timeout: float | None = None) -> bool:
+        """Wait until every span open now has ended (newer spans do not count)."""
+        with self._spans:
+            started = set(self._spans_open)
+            return self._spans.wait_for(lambda: not (started & self._spans_open), timeout)
 
     # -- snapshots ------------------------------------------------------------------------
 

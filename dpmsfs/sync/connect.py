@@ -7,7 +7,7 @@ import os
 
 from dpmsfs.config import Config
 from dpmsfs.errors import UsageError
-from dpmsfs.sync.pusher import SyncBackend
+from remote.backend import Backend
 from remote.http_backend import HttpBackend
 from remote.retry import Retrier, RetryPolicy
 
@@ -35,7 +35,7 @@ def read_token(config: Config) -> str:
     return token
 
 
-def open_backend(config: Config) -> SyncBackend:
+def open_backend(config: Config) -> Backend:
     token = read_token(config)
     try:
         backend = HttpBackend(
@@ -48,7 +48,7 @@ def open_backend(config: Config) -> SyncBackend:
         )
     except ValueError as exc:
         raise UsageError(f"sync: {exc}") from None
-    if not isinstance(backend, SyncBackend):
+    if not isinstance(backend, Backend):
         backend.close()
         raise UsageError("sync: this installation's remote client does not speak API /v2")
     return backend

@@ -24,9 +24,9 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar
 
 from chunker import CorruptChunkError, chunk_id, decompress_chunk
 from dpmsfs.store.errors import CorruptObjectError, ObjectNotFoundError, StoreError
@@ -35,6 +35,7 @@ from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
+from remote.backend import STORED_STATUSES, Backend
 from remote.errors import ConflictError
 
 log = logging.getLogger(__name__)
@@ -44,24 +45,6 @@ T = TypeVar("T")
 BATCH_OBJECTS = 1000
 BATCH_BYTES = 32 << 20
 REF_PREFIX = "snapshot."
-ACCEPTED = frozenset({"created", "exists"})
-
-
-@runtime_checkable
-class SyncBackend(Protocol):
-    """The part of remote/backend.py's `Backend` (API /v2) a push pass uses."""
-
-    def server_id(self) -> str: ...
-
-    def missing(self, objects: Sequence[tuple[str, str | None]]) -> list[str]: ...
-
-    def upload(self, records: Sequence[tuple[str, str, bytes]]) -> dict[str, str]: ...
-
-    def put_ref(self, name: str, data: bytes) -> None: ...
-
-    def list_refs(self) -> list[str]: ...
-
-    def close(self) -> None: ...
 
 
 class ServerChanged(Exception):
@@ -110,7 +93,7 @@ class Pusher:
         self,
         store: Store,
         sync_state: SyncState,
-        backend: SyncBackend,
+        backend: Backend,
         *,
         throttle: Throttle | None = None,
         stop: threading.Event | None = None,
@@ -382,7 +365,7 @@ class Pusher:
             accepted = []
             for oid, frame in group:
                 status = results.get(oid.hex(), "")
-                if status in ACCEPTED:
+                if status in STORED_STATUSES:
                     accepted.append(oid)
                     report.objects_uploaded += 1
                     report.bytes_sent += len(frame)

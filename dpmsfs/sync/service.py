@@ -29,9 +29,10 @@ from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
-from dpmsfs.sync.pusher import PassReport, Pusher, ServerChanged, Stopped, SyncBackend
+from dpmsfs.sync.pusher import PassReport, Pusher, ServerChanged, Stopped
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
+from remote.backend import Backend
 from remote.errors import PermanentRemoteError, RemoteError, TemporaryRemoteError
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ class SyncService:
         self,
         store: Store,
         engine: CaptureEngine | None,
-        backend: SyncBackend,
+        backend: Backend,
         *,
         bandwidth_limit: int = 0,
         snapshot_idle_seconds: float = 5.0,

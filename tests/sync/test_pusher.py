@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dpmsfs.store.store import Store
 from dpmsfs.sync.pusher import PassReport, Pusher, Stopped
 from dpmsfs.sync.state import SyncState
+from remote.backend import Backend
 from remote.errors import TemporaryRemoteError
-from tests.sync.fakev2 import FakeServer, FakeV2
+from remote.faulty_backend import FaultyBackend
+from remote.memory_backend import MemoryBackend, MemoryServer
 from tests.sync.util import assert_refs_complete, read_snapshot, snapshots_on
 from tests.unit.store_util import T0, new_store, random_files, snapshot
 
@@ -25,19 +29,36 @@ def store(tmp_path: Path) -> Iterator[Store]:
     s.close()
 
 
-def pusher(store: Store, backend: FakeV2, **kw: object) -> Pusher:
-    return Pusher(store, SyncState(store.db), backend, **kw)  # type: ignore[arg-type]
+def client(server: MemoryServer, ns: str) -> MemoryBackend:
+    return MemoryBackend(server=server, namespace=ns)
+
+
+def watched(server: MemoryServer, ns: str, on_call: Callable[[str], None]) -> FaultyBackend:
+    """A client whose every call first runs `on_call(method)` (which may raise)."""
+
+    def fail_on(method: str, n: int) -> BaseException | None:
+        try:
+            on_call(method)
+        except Exception as exc:
+            return exc
+        return None
+
+    return FaultyBackend(client(server, ns), fail_on)
+
+
+def pusher(store: Store, backend: Backend, **kw: Any) -> Pusher:
+    return Pusher(store, SyncState(store.db), backend, **kw)
 
 
 def test_first_sync_then_only_new_objects(store: Store) -> None:
     files = random_files(30, 20_000, seed=1)
     first = snapshot(store, files)
-    server = FakeServer()
-    backend = FakeV2(server, "tool-a")
+    server = MemoryServer()
+    backend = client(server, "tool-a")
     report = pusher(store, backend).run_pass()
     assert report.snapshots_done == 1 and not report.blocked
     assert read_snapshot(backend, first) == files
-    sent_first = server.frames_received
+    sent_first = server.counters.frame_bytes
 
     changed = dict(files)
     changed["d1/f1.bin"] = os.urandom(5000)
@@ -49,26 +70,26 @@ def test_first_sync_then_only_new_objects(store: Store) -> None:
     # unchanged subtrees d0, d2 were not even asked about.
     assert report.objects_uploaded == 4, report
     assert report.objects_checked == 4
-    assert server.frames_received - sent_first < sent_first / 10
+    assert server.counters.frame_bytes - sent_first < sent_first / 10
     assert read_snapshot(backend, second) == changed
     assert pusher(store, backend).run_pass().objects_checked == 0
 
 
 def test_second_tool_sends_no_shared_bytes(tmp_path: Path) -> None:
     files = random_files(20, 30_000, seed=2)
-    server = FakeServer()
+    server = MemoryServer()
     a = new_store(str(tmp_path / "a"))
     b = new_store(str(tmp_path / "b"))
     try:
         snapshot(a, files)
         name_b = snapshot(b, files | {"only-b": b"b" * 1000})
-        pusher(a, FakeV2(server, "tool-a")).run_pass()
-        stored = server.frames_stored
-        report = pusher(b, FakeV2(server, "tool-b")).run_pass()
+        pusher(a, client(server, "tool-a")).run_pass()
+        stored = server.counters.blobs_stored
+        report = pusher(b, client(server, "tool-b")).run_pass()
         # b's own file, its root tree: nothing else is uploaded (claimed by digest).
         assert report.objects_uploaded == 2
-        assert server.frames_stored - stored < 2000
-        assert read_snapshot(FakeV2(server, "tool-b"), name_b)["only-b"] == b"b" * 1000
+        assert server.counters.blobs_stored - stored == 2
+        assert read_snapshot(client(server, "tool-b"), name_b)["only-b"] == b"b" * 1000
     finally:
         a.close()
         b.close()
@@ -80,17 +101,17 @@ def test_no_ref_before_its_objects_whatever_call_fails(store: Store) -> None:
     snaps = [snapshot(store, random_files(12, 9000, seed=s), T0 + s * 10**9) for s in range(3)]
     n = 1
     while True:
-        server = FakeServer()
+        server = MemoryServer()
         calls = 0
 
-        def on_call(method: str, server: FakeServer = server, fail_at: int = n) -> None:
+        def on_call(method: str, server: MemoryServer = server, fail_at: int = n) -> None:
             nonlocal calls
             calls += 1
-            assert_refs_complete(FakeV2(server, "t"))
+            assert_refs_complete(client(server, "t"))
             if calls == fail_at:
                 raise TemporaryRemoteError(f"injected at call {fail_at} ({method})")
 
-        backend = FakeV2(server, "t", on_call)
+        backend = watched(server, "t", on_call)
         p = pusher(store, backend, batch_objects=7)
         SyncState(store.db).forget_server(bytes(8))  # nothing: fresh server id anyway
         try:
@@ -98,10 +119,10 @@ def test_no_ref_before_its_objects_whatever_call_fails(store: Store) -> None:
             finished = True
         except TemporaryRemoteError:
             finished = False
-        assert_refs_complete(FakeV2(server, "t"))
-        pusher(store, FakeV2(server, "t"), batch_objects=7).run_pass()
-        assert sorted(snapshots_on(FakeV2(server, "t"))) == sorted(snaps)
-        assert assert_refs_complete(FakeV2(server, "t")) == 3
+        assert_refs_complete(client(server, "t"))
+        pusher(store, client(server, "t"), batch_objects=7).run_pass()
+        assert sorted(snapshots_on(client(server, "t"))) == sorted(snaps)
+        assert assert_refs_complete(client(server, "t")) == 3
         if finished:
             break
         n += 1
@@ -111,11 +132,13 @@ def test_no_ref_before_its_objects_whatever_call_fails(store: Store) -> None:
 def test_damaged_copy_on_server_is_uploaded_again_on_recheck(store: Store) -> None:
     files = random_files(5, 10_000, seed=3)
     name = snapshot(store, files)
-    server = FakeServer()
-    backend = FakeV2(server, "t")
+    server = MemoryServer()
+    backend = client(server, "t")
     pusher(store, backend).run_pass()
-    victim = next(iter(server.maps["t"]))
-    server.corrupt("t", victim)
+    victim = next(iter(server.namespace("t").objects))
+    digest = server.digest_of("t", victim)
+    assert digest is not None
+    server.corrupt(digest)
     p = pusher(store, backend)
     assert p.run_pass().objects_checked == 0  # confirmed: not asked again by itself
     p.recheck()
@@ -126,26 +149,25 @@ def test_damaged_copy_on_server_is_uploaded_again_on_recheck(store: Store) -> No
 
 def test_failover_rechecks_the_new_server(store: Store) -> None:
     first = snapshot(store, random_files(6, 8000, seed=4))
-    primary, peer = FakeServer(), FakeServer()
-    pusher(store, FakeV2(primary, "t")).run_pass()
+    primary, peer = MemoryServer(), MemoryServer()
+    pusher(store, client(primary, "t")).run_pass()
     second = snapshot(store, random_files(6, 8000, seed=5), T0 + 10**9)
     # The peer has the first snapshot (replicated), not the second.
     peer.pool = dict(primary.pool)
-    peer.maps = {"t": dict(primary.maps["t"])}
-    peer.refs = {"t": dict(primary.refs["t"])}
-    report = pusher(store, FakeV2(peer, "t")).run_pass()
+    peer.namespaces = copy.deepcopy(primary.namespaces)
+    report = pusher(store, client(peer, "t")).run_pass()
     assert report.snapshots_done == 1  # the first is known complete from the peer's refs
-    assert sorted(snapshots_on(FakeV2(peer, "t"))) == [first, second]
-    assert_refs_complete(FakeV2(peer, "t"))
+    assert sorted(snapshots_on(client(peer, "t"))) == [first, second]
+    assert_refs_complete(client(peer, "t"))
     # Back on the primary: only the second snapshot is new there.
-    report = pusher(store, FakeV2(primary, "t")).run_pass()
+    report = pusher(store, client(primary, "t")).run_pass()
     assert report.snapshots_done == 1
-    assert_refs_complete(FakeV2(primary, "t"))
+    assert_refs_complete(client(primary, "t"))
 
 
 def test_snapshot_removed_locally_leaves_the_queue(store: Store) -> None:
     name = snapshot(store, {"a": b"x" * 100})
-    p = pusher(store, FakeV2(FakeServer(), "t"))
+    p = pusher(store, client(MemoryServer(), "t"))
     assert [r.name for r in p.queue()] == [name]
 
     def drop(txn: object) -> None:
@@ -159,15 +181,15 @@ def test_snapshot_removed_locally_leaves_the_queue(store: Store) -> None:
 def test_stop_between_requests(store: Store) -> None:
     snapshot(store, random_files(10, 5000, seed=6))
     stop = threading.Event()
-    server = FakeServer()
+    server = MemoryServer()
 
     def on_call(method: str) -> None:
         stop.set()
 
-    p = pusher(store, FakeV2(server, "t", on_call), stop=stop, batch_objects=3)
+    p = pusher(store, watched(server, "t", on_call), stop=stop, batch_objects=3)
     with pytest.raises(Stopped):
         p.run_pass(PassReport())
-    assert snapshots_on(FakeV2(server, "t")) == []
+    assert snapshots_on(client(server, "t")) == []
 
 
 def test_interrupted_pass_redoes_at_most_one_batch(tmp_path: Path) -> None:
@@ -177,7 +199,7 @@ def test_interrupted_pass_redoes_at_most_one_batch(tmp_path: Path) -> None:
     store = new_store(path)
     files = random_files(40, 50_000, seed=9)
     name = snapshot(store, files)
-    server = FakeServer()
+    server = MemoryServer()
     uploads = 0
 
     def crash_on_third_upload(method: str) -> None:
@@ -187,7 +209,7 @@ def test_interrupted_pass_redoes_at_most_one_batch(tmp_path: Path) -> None:
             if uploads == 3:
                 raise TemporaryRemoteError("connection reset")
 
-    p = pusher(store, FakeV2(server, "t", crash_on_third_upload), batch_objects=8)
+    p = pusher(store, watched(server, "t", crash_on_third_upload), batch_objects=8)
     with pytest.raises(TemporaryRemoteError):
         p.run_pass()
     stored_before = len(server.pool)
@@ -198,11 +220,11 @@ def test_interrupted_pass_redoes_at_most_one_batch(tmp_path: Path) -> None:
         with store.db.read() as txn:
             confirmed = txn.count("sync_objects")
         assert confirmed == stored_before >= 14  # two batches, durable
-        report = pusher(store, FakeV2(server, "t"), batch_objects=8).run_pass()
+        report = pusher(store, client(server, "t"), batch_objects=8).run_pass()
         assert report.snapshots_done == 1
         # 41 chunks + 4 trees; what was confirmed before the crash is not sent again
         assert report.objects_uploaded == 45 - confirmed
-        assert read_snapshot(FakeV2(server, "t"), name) == files
+        assert read_snapshot(client(server, "t"), name) == files
     finally:
         store.close()
 

@@ -9,7 +9,9 @@ import trio
 
 from dpmsfs.sync import service as service_module
 from dpmsfs.sync.service import SyncService
-from tests.sync.fakev2 import FakeServer, FakeV2
+from remote.faulty_backend import FaultyBackend
+from remote.memory_backend import MemoryBackend, MemoryServer
+from tests.sync.test_pusher import watched
 from tests.sync.util import assert_refs_complete, snapshots_on
 from tests.unit.store_util import T0, new_store, random_files, snapshot
 
@@ -17,9 +19,9 @@ from tests.unit.store_util import T0, new_store, random_files, snapshot
 def test_backoff_then_converges_and_new_snapshot_wakes(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.setattr(service_module, "FIRST_BACKOFF", 30.0)  # far longer than the test
     store = new_store(str(tmp_path / "store"))
-    server = FakeServer()
-    server.up = False
-    backend = FakeV2(server, "t")
+    server = MemoryServer()
+    up = [False]
+    backend = FaultyBackend(MemoryBackend(server=server, namespace="t"), lambda m, n: not up[0])
     first = snapshot(store, random_files(8, 4000, seed=1))
     svc = SyncService(store, None, backend)
 
@@ -33,7 +35,7 @@ def test_backoff_then_converges_and_new_snapshot_wakes(tmp_path: Path, monkeypat
             assert report["reachable"] is False and report["queue"]["snapshots"] == 1
             assert report["lag_seconds"] > 0
             assert svc.status.next_attempt_in >= 15.0  # backing off
-            server.up = True
+            up[0] = True
             second = await trio.to_thread.run_sync(
                 lambda: snapshot(store, random_files(8, 4000, seed=2), T0 + 10**9)
             )
@@ -58,7 +60,7 @@ def test_backoff_then_converges_and_new_snapshot_wakes(tmp_path: Path, monkeypat
 
 def test_unmount_mid_pass_stops_the_thread(tmp_path: Path) -> None:
     store = new_store(str(tmp_path / "store"))
-    server = FakeServer()
+    server = MemoryServer()
     calls = 0
 
     def slow(method: str) -> None:
@@ -68,7 +70,7 @@ def test_unmount_mid_pass_stops_the_thread(tmp_path: Path) -> None:
 
         time.sleep(0.05)
 
-    backend = FakeV2(server, "t", slow)
+    backend = watched(server, "t", slow)
     snapshot(store, random_files(60, 3000, seed=3))
     svc = SyncService(store, None, backend)
     svc.pusher.batch_objects = 2
