@@ -177,7 +177,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
                 raise UsageError("sync is off for this mount (no server configured)")
             asked = request.get("names")
             if asked is None:
-                sync.wake(recheck=bool(request.get("recheck")))
+                if request.get("recheck"):
+                    await trio.to_thread.run_sync(sync.recheck_now)
+                sync.wake()
                 names = await trio.to_thread.run_sync(sync.local_snapshot_names)
             elif isinstance(asked, list) and all(isinstance(n, str) for n in asked):
                 names = [str(n) for n in asked]

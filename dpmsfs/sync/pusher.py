@@ -184,10 +184,10 @@ class Pusher:
         self.state.set_current_server(server_id)
         return server_id
 
-    def recheck(self) -> None:
-        """Forget what the answering server confirmed and re-check all of it (a damaged copy
-        the server quarantined since is then uploaded again)."""
-        server_id = self.backend.server_id()
+    def recheck(self, server_id: str | None = None) -> None:
+        """Forget what a server (default: the one answering) confirmed and re-check all of
+        it: a damaged copy the server quarantined since is then uploaded again."""
+        server_id = server_id or self.backend.server_id()
         key = server_key(server_id)
         self.state.set_audit(key, True)
         dropped = self.state.forget_server(key)

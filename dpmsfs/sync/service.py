@@ -107,6 +107,16 @@ class SyncService:
         self._recheck = self._recheck or recheck
         self._wake.set()
 
+    def recheck_now(self) -> None:
+        """`dpmsfs sync --recheck` (worker thread): drop the confirmations of the server that
+        answered last before anyone asks what remains, so `--wait` waits for the recheck.
+        Without a server known yet, the next pass rechecks the one it finds."""
+        server_id = self.state.current_server()
+        if server_id:
+            self.pusher.recheck(server_id)
+        else:
+            self._recheck = True
+
     async def _loop(self) -> None:
         delay = FIRST_BACKOFF
         while True:
@@ -121,7 +131,7 @@ class SyncService:
                 log.info("sync: %s; starting over on the new server", exc)
                 wait = 0.0
             except TemporaryRemoteError as exc:
-                self._failed(exc, reachable=False)
+                self._failed(exc, reachable=await trio.to_thread.run_sync(self._reachable))
                 wait, delay = _jittered(delay), min(delay * 2, MAX_BACKOFF)
             except (PermanentRemoteError, RemoteError) as exc:
                 self._failed(exc, reachable=True)
@@ -138,6 +148,17 @@ class SyncService:
             self.status.next_attempt_in = wait
             with trio.move_on_after(wait):
                 await self._wake.wait()
+
+    def _reachable(self) -> bool:
+        """After a temporary error: does a server answer at all (full disk, overload) or
+        none (network gone)? One health request, no retries, if the backend offers it."""
+        health = getattr(self.backend, "health", None)
+        if not callable(health):
+            return False
+        try:
+            return bool(health())
+        except Exception:
+            return False
 
     def _failed(self, exc: BaseException, reachable: bool | None) -> None:
         text = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
@@ -315,6 +336,9 @@ def _jittered(delay: float) -> float:
 
 def _active_url(backend: object) -> str:
     """The URL answering now, if the backend has URLs (HttpBackend does)."""
+    active_url = getattr(backend, "active_url", None)
+    if isinstance(active_url, str):
+        return active_url
     urls = getattr(backend, "urls", None)
     active = getattr(backend, "_active", 0)
     if isinstance(urls, list) and urls and isinstance(active, int) and active < len(urls):

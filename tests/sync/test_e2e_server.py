@@ -227,9 +227,9 @@ def test_server_disk_full_waits_and_converges(workdir: Path, store_dir: Path) ->
         try:
             expect = write_files(workdir, "d", 12, 1_000_000)  # twice the server's disk
             mount.cli("snapshot")
-            time.sleep(6)
+            wait_for(lambda: mount.sync_status()["last_error"], timeout=60, what="507 seen")
             status = mount.sync_status()
-            assert status["queue"]["snapshots"] >= 1 and status["last_error"], status
+            assert status["queue"]["snapshots"] >= 1 and status["reachable"], status
             expect |= write_files(workdir, "still", 3, 10_000)  # the mount never fails
             subprocess.run(["mount", "-o", "remount,size=64m", str(data)], check=True)
             converge(mount, timeout=180)
