@@ -248,3 +248,100 @@ def test_admin_token_sees_the_tool(server: ServerProcess) -> None:
         assert admin.list_refs() == []
     finally:
         admin.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _local_snapshots(store: Path) -> list[str]:
+    from dpmsfs.store.store import Store
+
+    with Store.open(str(store), readonly=True) as opened:
+        return [r.name for r in opened.list_snapshots()]
+
+
+def test_ha_failover_and_failback(workdir: Path, store_dir: Path) -> None:
+    """Two real servers replicating both ways; two tools. Kill -9 the primary mid-sync:
+    the tools converge on the peer; restart the primary: the pair converges; every snapshot
+    of every tool is fully readable from either server, and both scrub clean."""
+    from tests.remote import serverproc
+    from tests.remote.serverproc import NS_B, TOOL_B
+
+    replicate_token: str = getattr(serverproc, "REPLICATE", "")  # the v2 server's tokens
+
+    base = workdir.parent
+    tokens = write_tokens(base / "tokens.json")
+    peer_token = base / "peer-token"
+    peer_token.write_text(replicate_token + "\n")
+    port_a, port_b = _free_port(), _free_port()
+    url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+
+    def replicating(listen: int, peer: str) -> tuple[str, ...]:
+        return ("--listen", f"127.0.0.1:{listen}", "--peer", peer,
+                "--peer-token-file", str(peer_token), "--peer-interval", "0.2")  # fmt: skip
+
+    a = ServerProcess(base / "srv-a", tokens, replicating(port_a, url_b)).start()
+    b = ServerProcess(base / "srv-b", tokens, replicating(port_b, url_a)).start()
+    work2 = base / "work2"
+    work2.mkdir()
+    store2 = base / "store2"
+    tools = [
+        (workdir, store_dir, TOOL_A, NS_A),
+        (work2, store2, TOOL_B, NS_B),
+    ]
+    mounts = []
+    try:
+        for i, (work, store, token, ns) in enumerate(tools):
+            cfg = sync_config(base / f"t{i}.toml", store, [url_a, url_b], token, ns,
+                              sync_bandwidth_limit=3_000_000)  # fmt: skip
+            mounts.append(SyncMount(work, cfg))
+        for (work, *_), mount in zip(tools, mounts, strict=True):
+            write_files(work, "first", 4, 200_000)
+            converge(mount)
+            assert mount.sync_status()["server_url"] == url_a
+        for (work, *_), mount in zip(tools, mounts, strict=True):
+            write_files(work, "big", 6, 1_000_000)
+            mount.cli("snapshot")
+        wait_for(lambda: all(m.sync_status()["queue"]["objects"] > 0 or
+                             m.sync_status()["uploaded"]["bytes"] > 1_500_000 for m in mounts),
+                 timeout=60, what="second sync under way")  # fmt: skip
+        a.kill()  # the primary dies mid-sync
+        for (work, *_), mount in zip(tools, mounts, strict=True):
+            write_files(work, "outage", 3, 50_000)  # the equipment writes on
+            converge(mount, timeout=240)
+            status = mount.sync_status()
+            assert status["server_url"] == url_b and status["server_id"], status
+        a.start()  # fail-back: the pair converges by replication
+
+        def pair_converged() -> bool:
+            for _, store, token, ns in tools:
+                with HttpBackend([url_a], ns, token) as ca, HttpBackend([url_b], ns, token) as cb:
+                    want = set(_local_snapshots(store))
+                    if not want <= set(snapshots_on(ca)) or not want <= set(snapshots_on(cb)):
+                        return False
+            return True
+
+        wait_for(pair_converged, timeout=240, what="the pair to converge")
+    finally:
+        for mount in mounts:
+            mount.stop()
+    try:
+        for _, store, token, ns in tools:
+            names = _local_snapshots(store)
+            for url in (url_a, url_b):
+                with HttpBackend([url], ns, token) as backend:
+                    assert assert_refs_complete(backend) >= len(names)
+                    for name in names:
+                        read_snapshot(backend, name)  # every tree and chunk, verified
+        for server in (a, b):
+            result = server_verify(server)
+            assert result.returncode == 0, result.stdout + result.stderr
+    finally:
+        a.stop()
+        b.stop()
+        force_unmount(work2)
