@@ -65,3 +65,14 @@ def test_sync_without_daemon_is_one_line(tmp_path: Path) -> None:
     result = run_cli("sync", "--wait", str(work), "--store", str(tmp_path / "s"))
     assert result.returncode == 4
     assert "daemon is not running" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_sync_help() -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_sync.py"
+    result = subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--only" in result.stdout and "rpo" in result.stdout
