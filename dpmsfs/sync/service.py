@@ -280,7 +280,7 @@ class SnapshotTrigger:
     been idle `idle_seconds` (nothing pending, nothing captured meanwhile), at most one per
     `min_seconds`. The engine's periodic snapshot (15 min) alone would make the RPO 15 min.
     Under continuous changes capture never idles; then the engine's `max_delay_seconds`
-    still bounds each file, and a snapshot is taken every `4 * min_seconds` regardless."""
+    still bounds each file, and a snapshot is taken every `2 * min_seconds` regardless."""
 
     def __init__(self, engine: CaptureEngine, idle_seconds: float, min_seconds: float) -> None:
         self.engine = engine
@@ -315,7 +315,7 @@ class SnapshotTrigger:
                 idle_since = now
             since_snapshot = engine.seconds_since_snapshot()
             settled = idle_since is not None and now - idle_since >= self.idle_seconds
-            overdue = since_snapshot >= 4 * self.min_seconds
+            overdue = since_snapshot >= 2 * self.min_seconds
             if (settled or overdue) and since_snapshot >= self.min_seconds:
                 try:
                     await engine.snapshot(label="", wait_for_pending=False)
