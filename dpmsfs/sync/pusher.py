@@ -169,8 +169,10 @@ class Pusher:
         if server_id == self.state.current_server():
             return server_id
         key = server_key(server_id)
-        log.warning("server answering is now %s (was %s): re-checking what it holds",
-                    server_id, self.state.current_server() or "none")  # fmt: skip
+        previous = self.state.current_server()
+        log.log(logging.WARNING if previous else logging.INFO,
+                "server answering is now %s (was %s): re-checking what it holds",
+                server_id, previous or "none")  # fmt: skip
         if not self.state.needs_audit(key):
             refs = set(self.backend.list_refs())
             confirmed = self.state.confirmed_snapshots(key)
