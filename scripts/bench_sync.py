@@ -419,6 +419,17 @@ def run_peers(run: Path, data: Path, figures: dict[str, Any], wanted: set[str]) 
 
 
 def run_tool2(run: Path, base: Path, size_mb: int, server: Server, figures: dict[str, Any]) -> None:
+    """Tool 1's tree first (unless the `first` workload put it there), then tool 2's."""
+    if "dpmsfs_first" not in figures:
+        data1 = dataset(base, size_mb, tool=1)
+        work1, store1 = run / "t2-base" / "work", run / "t2-base" / "store"
+        work1.parent.mkdir(parents=True)
+        bv.copy_tree(data1, work1)
+        with sync_mount(work1, store1, run / "t2-base" / "mount.log", server, "tool1") as m:
+            m.snapshot_cli()
+            m.sync_wait()
+            figures["dpmsfs_tool1_for_tool2"] = {"uploaded_bytes": m.uploaded()["bytes"]}
+        shutil.rmtree(work1.parent, ignore_errors=True)
     data2 = dataset(base, size_mb, tool=2)
     work, store = run / "t2" / "work", run / "t2" / "store"
     work.parent.mkdir(parents=True)
