@@ -13,6 +13,10 @@ Example (/etc/dpmsfs/data-tool.toml)::
     tls_ca = "/etc/dpmsfs/ca.pem"                           # CA of the servers' certificates
     prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
     metrics_listen = "127.0.0.1:9310"       # Prometheus /metrics (default: off)
+    server = ["https://srv-a:8765", "https://srv-b:8765"]   # sync on (HA pair, in order)
+    token_file = "/etc/dpmsfs/tester-07.token"             # from `dpmsfs-server token create`
+    tls_ca = "/etc/dpmsfs/ca.pem"                           # private CA of the servers
+    sync_bandwidth_limit = 0                                # bytes/s for uploads, 0 = none
 
     [retention]                             # docs/operations.md "Retention"
     keep_within = "14d"
@@ -57,9 +61,14 @@ class Config:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDES
     ingest_threads: int = 2
     fd_budget: int = 4096
+    # sync to dpmsfs-server (off while `server` is empty); also where `.snapshots` fetches
+    # chunks the local store lacks
     server: tuple[str, ...] = ()  # URLs of the central server pair, tried in order
     token_file: Path | None = None
     tls_ca: Path | None = None
+    sync_bandwidth_limit: int = 0  # bytes/s, 0 = no limit
+    sync_snapshot_idle_seconds: float = 5.0  # snapshot this long after capture went idle
+    sync_snapshot_min_seconds: float = 30.0  # ... but at most one per this many seconds
     retention: Policy = DEFAULT_POLICY
     prune_interval_hours: float = 24.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
@@ -192,11 +201,10 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
     if "server" in values:
-        urls = values["server"]
-        values["server"] = (urls,) if isinstance(urls, str) else tuple(str(u) for u in urls)
+        values["server"] = server_urls(values["server"])
     for key in ("token_file", "tls_ca"):
         if values.get(key):
-            values[key] = Path(values[key])
+            values[key] = Path(str(values[key]))
     try:
         config = replace(Config(workdir=workdir, store=store), **values)
     except TypeError as exc:
@@ -216,6 +224,18 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise UsageError(f"metrics address {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9310")
     return host, int(port)
+
+
+def server_urls(value: Any) -> tuple[str, ...]:
+    """`server` as a TOML list or a comma-separated string (`--server a,b`)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise UsageError("server: need a URL or a list of URLs")
+    urls = tuple(str(u).strip() for u in items if str(u).strip())
+    for url in urls:
+        if not re.match(r"^https?://[^/\s]+/?$", url):
+            raise UsageError(f"server: {url!r} is not a URL like https://host:8765")
+    return urls
 
 
 def check_store_location(config: Config) -> None:

@@ -33,6 +33,7 @@ from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
 from dpmsfs.store.retention import with_overrides
 from dpmsfs.store.store import Store
+from dpmsfs.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,24 @@ async def _report_progress(
         await trio.sleep(PROGRESS_SECONDS)
 
 
+def start_sync(config: Config, store: Store, engine: CaptureEngine) -> SyncService | None:
+    """The sync service when a server is configured (imports requests only then)."""
+    if not config.server:
+        return None
+    from dpmsfs.sync.connect import open_backend
+
+    backend = open_backend(config)
+    log.info("sync to %s as %s", ", ".join(config.server), config.tool_id)
+    return SyncService(
+        store,
+        engine,
+        backend,
+        bandwidth_limit=config.sync_bandwidth_limit,
+        snapshot_idle_seconds=config.sync_snapshot_idle_seconds,
+        snapshot_min_seconds=config.sync_snapshot_min_seconds,
+    )
+
+
 def _tune_gc() -> None:
     """Fewer cyclic-GC passes: the daemon allocates many short-lived tuples per request
     and per captured file, almost none of them in cycles. The default gen-0 threshold
@@ -130,12 +149,18 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         stack.callback(store.close)
         engine = CaptureEngine(config, store, clock)
         stack.callback(engine.close)
+        sync = start_sync(config, store, engine)
+        if sync is not None:
+            stack.callback(sync.backend.close)
         pruner = PruneService(store, config.retention, config.prune_interval_hours, clock)
 
         async def base_report() -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
             report = await trio.to_thread.run_sync(engine.status_report)
             report["snapshot_view"] = view.state()
+            report["sync"] = {"enabled": False}
+            if sync is not None:
+                report["sync"] = await trio.to_thread.run_sync(sync.report, report["pending_files"])
             report["prune"] = pruner.status()
             report["fuse"] = dict(live)
             return report
@@ -203,10 +228,31 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             return {"delegated": True, "snapshot": job.record.name, "safety": safety,
                     "target": str(job.target), "stats": dataclasses.asdict(stats)}  # fmt: skip
 
+        async def sync_now(request: dict[str, Any]) -> dict[str, Any]:
+            """`dpmsfs sync`: without `names`, start a pass and say which snapshots exist
+            now; with `names`, which of them the server does not hold yet (`--wait`)."""
+            if sync is None:
+                raise UsageError("sync is off for this mount (no server configured)")
+            asked = request.get("names")
+            if asked is None:
+                if request.get("recheck"):
+                    await trio.to_thread.run_sync(sync.recheck_now)
+                sync.wake()
+                names = await trio.to_thread.run_sync(sync.local_snapshot_names)
+            elif isinstance(asked, list) and all(isinstance(n, str) for n in asked):
+                names = [str(n) for n in asked]
+            else:
+                raise ValueError("names must be a list of snapshot names")
+            remaining = await trio.to_thread.run_sync(sync.remaining, names)
+            return {"names": names, "remaining": remaining, "reachable": sync.status.reachable,
+                    "last_error": sync.status.last_error,
+                    "server_id": sync.status.server_id}  # fmt: skip
+
         async def control() -> None:
             handlers: dict[str, Handler] = {
                 "status": status, "snapshot": snapshot, "ping": ping, "restore": restore,
                 "prune": prune_request, "pin": pin_request,
+                "sync": sync_now,
             }  # fmt: skip
             await serve_control(config.control_socket, handlers)
 
@@ -220,6 +266,8 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         services: list[Service] = [
             engine.run, control, view.run, pruner.run, monitor.run_alerts, monitor.run_metrics,
         ]  # fmt: skip
+        if sync is not None:
+            services.append(sync.run)
 
         async def before_unmount() -> None:
             await _shutdown_snapshot(engine)

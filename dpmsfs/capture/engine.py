@@ -141,6 +141,15 @@ class CaptureEngine:
         self._changed_since_snapshot = True
         self._snapshot_lock = trio.Lock()
         self._last_snapshot_time = clock.monotonic()
+        # Called on the trio thread after every snapshot (sync starts pushing it at once).
+        self.snapshot_listeners: list[Callable[[SnapshotRecord], None]] = []
+
+    @property
+    def changed_since_snapshot(self) -> bool:
+        return self._changed_since_snapshot
+
+    def seconds_since_snapshot(self) -> float:
+        return self.clock.monotonic() - self._last_snapshot_time
 
     def close(self) -> None:
         os.close(self.root_fd)
@@ -454,7 +463,9 @@ class CaptureEngine:
             )
             self._last_snapshot_time = self.clock.monotonic()
             self.status.last_snapshot = record.name
-            return record
+        for listener in self.snapshot_listeners:
+            listener(record)
+        return record
 
     async def drain(self) -> None:
         """Return once every change recorded before this call is captured (or has failed)."""

@@ -41,6 +41,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config", help="configuration file (default: /etc/dpmsfs/<workdir>.toml)")
     parser.add_argument("--tool-id", help="this tool's name in snapshots (default: host name)")
     parser.add_argument(
+        "--server",
+        metavar="URL[,URL...]",
+        help="sync every snapshot to dpmsfs-server at these URLs (the HA pair, in order)",
+    )
+    parser.add_argument("--token-file", help="this tool's server token (one line)")
+    parser.add_argument(
         "--fd-budget",
         type=int,
         default=None,
@@ -74,7 +80,13 @@ def run_mount(args: argparse.Namespace) -> int:
         tool_id=args.tool_id,
         fd_budget=args.fd_budget,
         metrics_listen=args.metrics,
+        server=config.server_urls(args.server) if args.server else None,
+        token_file=Path(args.token_file).absolute() if args.token_file else None,
     )
+    if cfg.server:
+        from dpmsfs.sync.connect import read_token
+
+        read_token(cfg)  # a missing or unreadable token fails here, in the foreground
     if args.foreground:
         daemon.run(cfg, capture=not args.no_capture)
         return 0
@@ -102,6 +114,8 @@ def _spawn_daemon(args: argparse.Namespace, cfg: config.Config) -> int:
         cfg.tool_id,
         *(["--config", args.config] if args.config else []),
         *(["--metrics", args.metrics] if args.metrics else []),
+        *(["--server", ",".join(cfg.server)] if args.server else []),
+        *(["--token-file", str(cfg.token_file)] if args.token_file else []),
         *(["--no-capture"] if args.no_capture else []),
         str(workdir),
     ]

@@ -232,6 +232,7 @@ def render(r: dict[str, Any]) -> str:
     lines += _delivery_lines(r)
     for key in sorted(set(r) - _KNOWN):
         lines += _generic(key, r[key])
+    lines.extend(render_sync(r.get("sync")))
     lines += _alert_lines(r.get("health", {}))
     return "\n".join(lines)
 
@@ -285,6 +286,8 @@ def _alert_lines(result: dict[str, Any]) -> list[str]:
         since = f" (since {_when(alert['since'])})" if alert.get("since") else ""
         lines.append(f"  {alert['severity'].upper():<9}{alert['name']}: {alert['message']}{since}")
     return lines
+
+
 def _fuse_line(fuse: dict[str, Any]) -> str:
     """The live mount's FUSE layer and what INIT negotiated with the kernel."""
     parts = [f"layer {fuse.get('layer', '?')}"]
@@ -293,3 +296,22 @@ def _fuse_line(fuse: dict[str, Any]) -> str:
     parts.append(f"passthrough {'on' if fuse.get('passthrough') else 'off'}")
     parts.append(f"killpriv_v2 {'on' if fuse.get('killpriv_v2') else 'off'}")
     return ", ".join(parts)
+
+
+def render_sync(s: dict[str, Any] | None) -> list[str]:
+    """The `sync` section (present when the daemon runs)."""
+    if not s:
+        return []
+    if not s.get("enabled"):
+        return ["sync            off (no server configured)"]
+    reach = {True: "reachable", False: "UNREACHABLE", None: "not contacted yet"}[s["reachable"]]
+    q = s["queue"]
+    lines = [
+        f"sync            server {reach}: {s['server_url'] or '-'} (id {s['server_id'] or '-'})",
+        f"last sync       {_when(s['last_success_ns'])}, lag {s['lag_seconds']:.0f} s",
+        f"sync queue      {q['snapshots']} snapshots, {q['objects']} objects, "
+        f"{human_bytes(q['bytes'])}" + (f" (oldest {q['oldest']})" if q["oldest"] else ""),
+    ]
+    if s.get("last_error"):
+        lines.append(f"sync error      {s['last_error']}")
+    return lines
