@@ -22,7 +22,7 @@ def test_toml_keys(tmp_path: Path) -> None:
     cfg = config.load(tmp_path / "w", toml)
     assert cfg.server == ("https://a:8765", "http://b:8765/")
     assert cfg.token_file == tmp_path / "tok"
-    assert cfg.tls_ca == "/etc/ca.pem" and cfg.sync_bandwidth_limit == 1_000_000
+    assert cfg.tls_ca == Path("/etc/ca.pem") and cfg.sync_bandwidth_limit == 1_000_000
     assert config.load(tmp_path / "w", toml, server=config.server_urls("http://c:1,http://d:2")
                        ).server == ("http://c:1", "http://d:2")  # fmt: skip
 
