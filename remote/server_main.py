@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from remote import auth, names, server, verify
+from remote.metrics import ServerMetrics
 from remote.store import DiskStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,17 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=server.DEFAULT_MAX_OBJECT_SIZE,
         help="largest accepted object in bytes (default %(default)s)",
     )
-    p.add_argument("--ready-file", type=Path, help="write {url, pid} as JSON here once listening")
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write {url, pid[, metrics_url]} as JSON here once listening",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus GET /metrics, without a token, on this second listener "
+        "(port 0 picks one; default: off)",
+    )
     p.add_argument("--peer", help="URL of the HA peer to replicate to (continuously)")
     p.add_argument("--peer-token-file", type=Path, help="file holding the token for --peer")
     p.add_argument(
@@ -148,9 +159,12 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-def _write_ready(path: Path, url: str) -> None:
+def _write_ready(path: Path, url: str, metrics_url: str | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+    doc: dict[str, Any] = {"url": url, "pid": os.getpid()}
+    if metrics_url is not None:
+        doc["metrics_url"] = metrics_url
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -194,6 +208,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from remote.replication import Replicator
 
     address = _parse_listen(args.listen)
+    metrics_address = _parse_listen(args.metrics) if args.metrics else None
     if args.max_object_size <= 0:
         raise CliError(EXIT_USAGE, "--max-object-size must be positive")
     store = DiskStore(args.data)
@@ -214,8 +229,25 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise CliError(EXIT_LISTEN, f"cannot listen on {args.listen}: {reason}") from None
+    sockets = [sock]
+    if metrics_address is not None:
+        try:
+            sockets.append(_bind(metrics_address))
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise CliError(EXIT_LISTEN, f"cannot listen on {args.metrics}: {reason}") from None
     status = replicator.status if replicator else None
-    app = server.App(store, tokens, args.max_object_size, replication=status)
+    metrics = _server_metrics(store, replicator)
+    metrics_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
+    app = server.App(
+        store,
+        tokens,
+        args.max_object_size,
+        replication=status,
+        metrics=metrics,
+        metrics_port=metrics_port,
+    )
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -229,26 +261,50 @@ def run_serve(args: argparse.Namespace) -> int:
     config.ssl = ctx  # our context: TLS >= 1.2 (uvicorn's own has no minimum version knob)
     httpd = uvicorn.Server(config)
     url = _url(sock, ctx is not None)
+    metrics_url = _url(sockets[1], ctx is not None) + "/metrics" if len(sockets) > 1 else None
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler here
     # makes that a clean exit (status 0) instead of death by SIGTERM.
     previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     log.info("serving %s from %s (server id %s)", url, args.data, store.server_id)
     if args.ready_file is not None:
-        _write_ready(args.ready_file, url)
+        _write_ready(args.ready_file, url, metrics_url)
     if replicator is not None:
         replicator.start()
     try:
-        asyncio.run(httpd.serve(sockets=[sock]))
+        asyncio.run(httpd.serve(sockets=sockets))
     finally:
         if replicator is not None:
             replicator.stop()
-        sock.close()
+        for one in sockets:
+            one.close()
         app.shutdown()
         store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped")
     return EXIT_OK
+
+
+def _server_metrics(store: DiskStore, replicator: Any) -> ServerMetrics:
+    """Request counters, plus per-tool totals and the peer lag read at scrape time."""
+
+    def per_tool(column: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ns in store.namespaces():
+            st = store.stats(ns)
+            out[ns] = (st.bytes, st.objects)[column]
+        return out
+
+    def lag() -> float | None:
+        if replicator is None:
+            return None
+        return float(replicator.status()["lag_seconds"])
+
+    return ServerMetrics(
+        stored_bytes=lambda: per_tool(0),
+        stored_objects=lambda: per_tool(1),
+        replication_lag=lag,
+    )
 
 
 def _ignore(signum: int, frame: Any) -> None:
