@@ -285,6 +285,24 @@ def test_kill_9_during_prune_leaves_a_store_that_verifies_clean(server: ServerPr
             upload_snapshot(a, f"2026-11-0{i + 1}T000000Z", T0 + i * DAY_NS, files)
     server.stop()
     age_everything(data)
+    # once for certain in the middle: right after it forgot its first snapshot ref
+    proc = subprocess.Popen(
+        server_cmd(
+            "prune", "--data", str(data), "--tool", NS_A, "--keep-last", "1",
+            "--log-level", "INFO",
+        ),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "forgot snapshot" in line:
+            proc.kill()
+            break
+    proc.wait(timeout=10)
+    proc.stderr.close()
+    checked = verify_cmd(data)
+    assert checked.returncode == 0, checked.stdout
+    # then at arbitrary instants of the rest
     for delay in (0.15, 0.4, 0.8):
         proc = subprocess.Popen(
             server_cmd("prune", "--data", str(data), "--tool", NS_A, "--keep-last", "1"),
