@@ -186,10 +186,11 @@ class NamespaceIndex:
                     total += int(size)
         return count, total
 
-    def digests(self) -> set[str]:
-        """Every digest this namespace maps (for the blob sweep)."""
+    def digests(self) -> set[bytes]:
+        """Every digest this namespace maps, as 32 raw bytes (for the blob sweep: a set of
+        millions of digests takes half the memory of their hex strings)."""
         with self._lock:
-            return {row[0] for row in self._db.execute("SELECT digest FROM objects")}
+            return {bytes.fromhex(row[0]) for row in self._db.execute("SELECT digest FROM objects")}
 
     def delete(self, id: str) -> bool:
         with self._lock:

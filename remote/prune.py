@@ -161,13 +161,13 @@ def sweep_blobs(
     store: DiskStore, *, now_s: int, grace_s: int = DEFAULT_GRACE_S, dry_run: bool = False
 ) -> SweepResult:
     """Delete blobs that no namespace maps and that are older than the grace period."""
-    mapped: set[str] = set()
+    mapped: set[bytes] = set()
     for ns in store.namespaces():
         mapped |= store.index(ns).digests()
     result = SweepResult()
     cutoff = now_s - grace_s
     for digest in store.pool.iter_digests():
-        if digest in mapped:
+        if bytes.fromhex(digest) in mapped:
             continue
         path = store.pool.path(digest)
         try:
