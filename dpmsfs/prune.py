@@ -21,7 +21,15 @@ from dpmsfs.errors import NotFoundError
 from dpmsfs.store import gc
 from dpmsfs.store.db import ReadTxn
 from dpmsfs.store.errors import StoreError
-from dpmsfs.store.retention import Candidate, Decision, PathRule, Policy, path_rules_due, select
+from dpmsfs.store.retention import (
+    Candidate,
+    Decision,
+    PathMatcher,
+    PathRule,
+    Policy,
+    path_rules_due,
+    select,
+)
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType
 
@@ -115,7 +123,7 @@ def prune(
         else:
             result.forgotten = gc.forget_snapshots(store, doomed)
             for name, rules in due.items():
-                if gc.rewrite_without(store, name, [r.matcher() for r in rules]):
+                if gc.rewrite_without(store, name, [PathMatcher(r.pattern) for r in rules]):
                     result.trimmed[name] = [r.pattern for r in rules]
             result.collect = gc.collect(store, captured_ids)
         result.store_bytes_after = store.stats().stored_bytes

@@ -11,6 +11,13 @@ Schema (contract, docs/remote-api.md):
     CREATE TABLE objects (id TEXT PRIMARY KEY, digest TEXT NOT NULL, frame_size INTEGER
                           NOT NULL) WITHOUT ROWID
     CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL)
+    CREATE TABLE touched (id TEXT PRIMARY KEY, at_s INTEGER NOT NULL) WITHOUT ROWID
+
+`touched` holds, per mapped id, the unix second it was last created or confirmed to a
+tool (a `missing` that answered "present"), to within TOUCH_RESOLUTION_S. It is what makes
+`dpmsfs-server prune` safe for a tool between its `missing` and its snapshot ref: prune
+keeps every mapping touched within its grace period (see remote/prune.py). An id absent
+from `touched` (a map from before this table) counts as touched at 0 (long ago).
 
 `log` numbers every mapping as it is created (same transaction), so replication can ask
 "what was mapped after sequence number N" instead of comparing whole maps with the peer.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -36,6 +44,13 @@ _SCHEMA = (
 _LOG_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS log (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL)"
 )
+_TOUCHED_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS touched (id TEXT PRIMARY KEY, at_s INTEGER NOT NULL) WITHOUT ROWID"
+)
+# A confirmation rewrites `touched` only if the stored time is older than this: a tool's
+# repeated `missing` calls cost no write (and no fsync) within the hour, and prune's grace
+# period (a day by default) is far longer than the error this allows.
+TOUCH_RESOLUTION_S = 3600
 _BATCH = 500  # SQLite's default limit of host parameters is 999 (older) / 32766 (newer)
 
 
@@ -49,6 +64,7 @@ class NamespaceIndex:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self._db.execute(_LOG_SCHEMA)
+        self._db.execute(_TOUCHED_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -70,11 +86,12 @@ class NamespaceIndex:
     def get(self, id: str) -> str | None:
         return self.lookup([id]).get(id)
 
-    def add_many(self, rows: Iterable[tuple[str, str, int]]) -> None:
+    def add_many(self, rows: Iterable[tuple[str, str, int]], now_s: int | None = None) -> None:
         """Insert or replace (id, digest, frame_size) rows in one durable transaction."""
         rows = list(rows)
         if not rows:
             return
+        at = int(time.time()) if now_s is None else now_s
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -83,10 +100,97 @@ class NamespaceIndex:
                     rows,
                 )
                 self._db.executemany("INSERT INTO log (id) VALUES (?)", [(r[0],) for r in rows])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO touched (id, at_s) VALUES (?, ?)",
+                    [(r[0], at) for r in rows],
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def touch(self, ids: Sequence[str], now_s: int | None = None) -> None:
+        """Record that `ids` were confirmed to a tool now; durable before returning (the
+        tool may rely on them from its next request on). Writes only stale entries."""
+        if not ids:
+            return
+        at = int(time.time()) if now_s is None else now_s
+        with self._lock:
+            stale: list[str] = []
+            for start in range(0, len(ids), _BATCH):
+                part = list(ids[start : start + _BATCH])
+                marks = ",".join("?" * len(part))
+                fresh = {
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT id FROM touched WHERE at_s >= ? AND id IN ({marks})",
+                        [at - TOUCH_RESOLUTION_S, *part],
+                    )
+                }
+                stale += [i for i in part if i not in fresh]
+            if not stale:
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO touched (id, at_s) VALUES (?, ?)",
+                    [(i, at) for i in stale],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def delete_unreached(self, keep: set[str], touched_before_s: int) -> tuple[int, int]:
+        """Delete every mapping not in `keep` and not touched at or after
+        `touched_before_s`, in one transaction; (mappings, frame bytes) removed."""
+        doomed: list[tuple[str, int]] = []
+        with self._lock:
+            recent = {
+                row[0]
+                for row in self._db.execute(
+                    "SELECT id FROM touched WHERE at_s >= ?", (touched_before_s,)
+                )
+            }
+            for id, size in self._db.execute("SELECT id, frame_size FROM objects"):
+                if id not in keep and id not in recent:
+                    doomed.append((id, int(size)))
+            if not doomed:
+                return 0, 0
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(doomed), _BATCH):
+                    part = [i for i, _ in doomed[start : start + _BATCH]]
+                    marks = ",".join("?" * len(part))
+                    self._db.execute(f"DELETE FROM objects WHERE id IN ({marks})", part)
+                    self._db.execute(f"DELETE FROM touched WHERE id IN ({marks})", part)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return len(doomed), sum(size for _, size in doomed)
+
+    def unreached(self, keep: set[str], touched_before_s: int) -> tuple[int, int]:
+        """What `delete_unreached` would remove, without removing it (a dry run)."""
+        with self._lock:
+            recent = {
+                row[0]
+                for row in self._db.execute(
+                    "SELECT id FROM touched WHERE at_s >= ?", (touched_before_s,)
+                )
+            }
+            count = total = 0
+            for id, size in self._db.execute("SELECT id, frame_size FROM objects"):
+                if id not in keep and id not in recent:
+                    count += 1
+                    total += int(size)
+        return count, total
+
+    def digests(self) -> set[bytes]:
+        """Every digest this namespace maps, as 32 raw bytes (for the blob sweep: a set of
+        millions of digests takes half the memory of their hex strings)."""
+        with self._lock:
+            return {bytes.fromhex(row[0]) for row in self._db.execute("SELECT digest FROM objects")}
 
     def delete(self, id: str) -> bool:
         with self._lock:

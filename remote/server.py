@@ -23,6 +23,7 @@ import json
 import logging
 import sqlite3
 import struct
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs
 
 from remote import auth, hashing, names, objfile
 from remote.frames import is_digest
+from remote.metrics import ServerMetrics
 from remote.store import Accepted, DiskStore
 
 log = logging.getLogger(__name__)
@@ -163,11 +165,17 @@ class App:
         *,
         workers: int = 16,
         replication: Callable[[], dict[str, Any] | None] | None = None,
+        metrics: ServerMetrics | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.max_object_size = max_object_size
         self.replication = replication
+        # Requests are observed only if `metrics` is given; `/metrics` is answered only on
+        # the listener whose port is `metrics_port` (and nothing else is answered there).
+        self.metrics = metrics
+        self.metrics_port = metrics_port
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
 
     def shutdown(self) -> None:
@@ -185,6 +193,48 @@ class App:
             return
         if scope["type"] != "http":
             return
+        if self.metrics_port is not None and _local_port(scope) == self.metrics_port:
+            await self._serve_metrics(scope, receive, send)
+            return
+        if self.metrics is None:
+            await self._answer(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = [0]
+
+        async def observed_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await self._answer(scope, receive, observed_send)
+        finally:
+            raw = scope.get("raw_path") or scope["path"].encode("utf-8")
+            endpoint = endpoint_template(raw.decode("latin-1").partition("?")[0])
+            # status 0: the client went away before any answer started
+            self.metrics.observe_request(
+                endpoint, scope["method"], status[0], time.monotonic() - started
+            )
+
+    async def _serve_metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The metrics listener: `GET /metrics` without a token, 404 for anything else."""
+        req = Request(scope["method"], scope["path"], {}, {}, Body(receive, 0))
+        if self.metrics is None or scope["path"] != "/metrics":
+            await self._send_json(req, send, 404, {"error": "not_found", "message": "unknown path"})
+            return
+        if req.method not in ("GET", "HEAD"):
+            await self._send_json(
+                req,
+                send,
+                405,
+                {"error": "method_not_allowed", "message": f"{req.method} not allowed"},
+            )
+            return
+        ctype, body = await self._run(self.metrics.render)
+        await self._send_bytes(req, send, 200, body, ctype)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers: dict[str, str] = {}
         for raw_name, raw_value in scope.get("headers", []):
             headers[raw_name.decode("latin-1").lower()] = raw_value.decode("latin-1")
@@ -526,6 +576,41 @@ class App:
             if not await self._run(store.delete_ref, ns, name):
                 raise ApiError(404, "not_found", f"no ref {name}")
             await self._send_json(req, send, 200, {"ref": name, "deleted": True})
+
+
+_NAMESPACE_ROUTES = {
+    ("objects:missing",): "objects:missing",
+    ("objects:upload",): "objects:upload",
+    ("objects:download",): "objects:download",
+    ("objects",): "objects",
+    ("refs",): "refs",
+    ("stats",): "stats",
+}
+
+
+def endpoint_template(path: str) -> str:
+    """The route template of a raw request path, the `endpoint` label of the request
+    metrics: never a namespace, id or ref name, so the label has a handful of values
+    whatever clients send (unknown paths all count as "other")."""
+    parts = path.split("/")
+    if len(parts) < 3 or parts[0] != "" or parts[1] != API_VERSION:
+        return "other"
+    rest = parts[2:]
+    if rest in (["health"], ["namespaces"], ["replication"]):
+        return rest[0]
+    tail = tuple(rest[1:])
+    if tail in _NAMESPACE_ROUTES:
+        return "<ns>/" + _NAMESPACE_ROUTES[tail]
+    if len(tail) == 2 and tail[0] == "objects":
+        return "<ns>/objects/<id>"
+    if len(tail) == 2 and tail[0] == "refs":
+        return "<ns>/refs/<name>"
+    return "other"
+
+
+def _local_port(scope: Scope) -> int | None:
+    server = scope.get("server")
+    return int(server[1]) if server and len(server) > 1 and server[1] is not None else None
 
 
 def _only(req: Request, *allowed: str) -> None:

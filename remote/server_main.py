@@ -1,4 +1,4 @@
-"""Command line of `dpmsfs-server`: `serve` (the default), `verify` and `token create`.
+"""Command line of `dpmsfs-server`: `serve` (the default), `verify`, `prune` and `token create`.
 
 `serve` runs the ASGI app (remote.server) under uvicorn on a socket we bind ourselves: port 0
 works (the ready file tells the real port), SO_REUSEADDR is never set on Windows (there it
@@ -19,10 +19,14 @@ import signal
 import socket
 import ssl
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from remote import auth, names, server, verify
+from remote import auth, names, prune, retention, server, verify
+from remote.dirlock import DirectoryBusy, DirLock
+from remote.metrics import ServerMetrics
 from remote.store import DiskStore
 
 log = logging.getLogger(__name__)
@@ -32,15 +36,18 @@ EXIT_CORRUPT = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_LISTEN = 4
+EXIT_BUSY = 5
 
 EXIT_STATUS = """\
 EXIT STATUS
   0  success (serve: stopped by SIGINT/SIGTERM; verify: every record sound;
-     token create: the token was printed and stored)
-  1  verify found corrupt records (they were moved to DIR/quarantine)
+     token create: the token was printed and stored; prune: done)
+  1  verify found corrupt records (they were moved to DIR/quarantine); prune could not
+     decide safely (unreadable snapshot record, missing tree) and deleted nothing
   2  usage error
   3  configuration error: data directory, tokens file or TLS files unusable
   4  cannot listen on the address (in use, not permitted, not a local address)
+  5  the data directory is in use (serve and prune never run together)
 """
 
 
@@ -71,7 +78,17 @@ def _serve_parser() -> argparse.ArgumentParser:
         default=server.DEFAULT_MAX_OBJECT_SIZE,
         help="largest accepted object in bytes (default %(default)s)",
     )
-    p.add_argument("--ready-file", type=Path, help="write {url, pid} as JSON here once listening")
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write {url, pid[, metrics_url]} as JSON here once listening",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus GET /metrics, without a token, on this second listener "
+        "(port 0 picks one; default: off)",
+    )
     p.add_argument("--peer", help="URL of the HA peer to replicate to (continuously)")
     p.add_argument("--peer-token-file", type=Path, help="file holding the token for --peer")
     p.add_argument(
@@ -115,6 +132,38 @@ def _verify_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _prune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dpmsfs-server prune",
+        description="Forget a tool's snapshot refs by a retention policy (the tool's rules: "
+        "restic's --keep-* counted in snapshots that exist), then delete the mappings no kept "
+        "snapshot reaches and the blobs no tool maps. The server must be stopped.",
+        epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--data", required=True, type=Path, help="data directory")
+    p.add_argument("--tool", required=True, help="the tool id (namespace) to prune")
+    p.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
+    for rule in retention.COUNT_RULES:
+        p.add_argument(f"--keep-{rule}", type=int, metavar="N", help=f"keep {rule} N")
+    p.add_argument("--keep-within", metavar="D", help="keep all within D of the newest (14d)")
+    p.add_argument(
+        "--pin-label",
+        action="append",
+        default=[],
+        metavar="LABEL",
+        help="always keep snapshots with this label (pre-restore always is)",
+    )
+    p.add_argument(
+        "--grace",
+        default="24h",
+        metavar="D",
+        help="keep objects uploaded or confirmed to a tool within D (default %(default)s)",
+    )
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
 def _parse_listen(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     host = host.strip("[]")
@@ -148,9 +197,12 @@ def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-def _write_ready(path: Path, url: str) -> None:
+def _write_ready(path: Path, url: str, metrics_url: str | None = None) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}), encoding="utf-8")
+    doc: dict[str, Any] = {"url": url, "pid": os.getpid()}
+    if metrics_url is not None:
+        doc["metrics_url"] = metrics_url
+    tmp.write_text(json.dumps(doc), encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -193,12 +245,34 @@ def _peer_token(args: argparse.Namespace) -> str:
     return token
 
 
+def _lock(root: Path) -> DirLock:
+    try:
+        return DirLock(root).acquire()
+    except DirectoryBusy as exc:
+        raise CliError(EXIT_BUSY, str(exc)) from None
+    except OSError as exc:
+        raise CliError(EXIT_CONFIG, f"cannot use data directory {root}: {exc}") from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
+    address = _parse_listen(args.listen)
+    metrics_address = _parse_listen(args.metrics) if args.metrics else None
+    lock = _lock(args.data)
+    try:
+        return _serve(args, address, metrics_address)
+    finally:
+        lock.release()
+
+
+def _serve(
+    args: argparse.Namespace,
+    address: tuple[str, int],
+    metrics_address: tuple[str, int] | None,
+) -> int:
     import uvicorn
 
     from remote.replication import Replicator
 
-    address = _parse_listen(args.listen)
     if args.max_object_size <= 0:
         raise CliError(EXIT_USAGE, "--max-object-size must be positive")
     store = DiskStore(args.data)
@@ -219,8 +293,25 @@ def run_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise CliError(EXIT_LISTEN, f"cannot listen on {args.listen}: {reason}") from None
+    sockets = [sock]
+    if metrics_address is not None:
+        try:
+            sockets.append(_bind(metrics_address))
+        except OSError as exc:
+            sock.close()
+            reason = exc.strerror or str(exc)
+            raise CliError(EXIT_LISTEN, f"cannot listen on {args.metrics}: {reason}") from None
     status = replicator.status if replicator else None
-    app = server.App(store, tokens, args.max_object_size, replication=status)
+    metrics = _server_metrics(store, replicator)
+    metrics_port = sockets[1].getsockname()[1] if len(sockets) > 1 else None
+    app = server.App(
+        store,
+        tokens,
+        args.max_object_size,
+        replication=status,
+        metrics=metrics,
+        metrics_port=metrics_port,
+    )
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -234,26 +325,50 @@ def run_serve(args: argparse.Namespace) -> int:
     config.ssl = ctx  # our context: TLS >= 1.2 (uvicorn's own has no minimum version knob)
     httpd = uvicorn.Server(config)
     url = _url(sock, ctx is not None)
+    metrics_url = _url(sockets[1], ctx is not None) + "/metrics" if len(sockets) > 1 else None
     # uvicorn re-raises the signal it caught once it has shut down; a no-op handler here
     # makes that a clean exit (status 0) instead of death by SIGTERM.
     previous = {sig: signal.signal(sig, _ignore) for sig in (signal.SIGINT, signal.SIGTERM)}
     log.info("serving %s from %s (server id %s)", url, args.data, store.server_id)
     if args.ready_file is not None:
-        _write_ready(args.ready_file, url)
+        _write_ready(args.ready_file, url, metrics_url)
     if replicator is not None:
         replicator.start()
     try:
-        asyncio.run(httpd.serve(sockets=[sock]))
+        asyncio.run(httpd.serve(sockets=sockets))
     finally:
         if replicator is not None:
             replicator.stop()
-        sock.close()
+        for one in sockets:
+            one.close()
         app.shutdown()
         store.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped")
     return EXIT_OK
+
+
+def _server_metrics(store: DiskStore, replicator: Any) -> ServerMetrics:
+    """Request counters, plus per-tool totals and the peer lag read at scrape time."""
+
+    def per_tool(column: int) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for ns in store.namespaces():
+            st = store.stats(ns)
+            out[ns] = (st.bytes, st.objects)[column]
+        return out
+
+    def lag() -> float | None:
+        if replicator is None:
+            return None
+        return float(replicator.status()["lag_seconds"])
+
+    return ServerMetrics(
+        stored_bytes=lambda: per_tool(0),
+        stored_objects=lambda: per_tool(1),
+        replication_lag=lag,
+    )
 
 
 def _ignore(signum: int, frame: Any) -> None:
@@ -295,10 +410,60 @@ def run_verify(args: argparse.Namespace) -> int:
     return EXIT_CORRUPT if summary.corrupt else EXIT_OK
 
 
+def run_prune(args: argparse.Namespace) -> int:
+    if not (args.data / "ns").is_dir() or not (args.data / "pool").is_dir():
+        raise CliError(EXIT_CONFIG, f"{args.data} is not a dpmsfs-server data directory")
+    if not names.is_namespace(args.tool):
+        raise CliError(EXIT_USAGE, f"invalid tool id {args.tool!r}")
+    overrides = {f"keep_{r}": getattr(args, f"keep_{r}") for r in retention.COUNT_RULES}
+    overrides["keep_within"] = args.keep_within
+    try:
+        policy = retention.with_overrides(retention.Policy(), overrides)
+        policy = replace(policy, pin_labels=tuple(args.pin_label))
+        grace_s = retention.parse_duration(args.grace)
+        if policy.empty:
+            raise retention.PolicyError(
+                "give at least one --keep-* rule (the server has no default policy)"
+            )
+    except retention.PolicyError as exc:
+        raise CliError(EXIT_USAGE, str(exc)) from None
+    lock = _lock(args.data)
+    store = DiskStore(args.data)
+    try:
+        if not store.has_namespace(args.tool):
+            raise CliError(EXIT_CONFIG, f"no namespace {args.tool!r} in {args.data}")
+        now_s = int(time.time())
+        try:
+            result = prune.prune_namespace(
+                store, args.tool, policy, now_s=now_s, grace_s=grace_s, dry_run=args.dry_run
+            )
+        except prune.PruneError as exc:
+            print(f"dpmsfs-server: prune stopped, nothing deleted: {exc}", file=sys.stderr)
+            return EXIT_CORRUPT
+        sweep = prune.sweep_blobs(store, now_s=now_s, grace_s=grace_s, dry_run=args.dry_run)
+    finally:
+        store.close()
+        lock.release()
+    verb = "would remove" if args.dry_run else "removed"
+    for d in result.decisions:
+        why = f" ({', '.join(d.reasons)})" if d.reasons else ""
+        print(f"{'keep  ' if d.keep else 'forget'} {d.name}{why}")
+    print(
+        f"{result.namespace}: policy {policy.describe()}; "
+        f"{'would forget' if args.dry_run else 'forgot'} {len(result.forgotten)} of "
+        f"{len(result.decisions)} snapshots; {result.reachable} objects reachable; "
+        f"{verb} {result.mappings_removed} mappings ({result.bytes_removed} frame bytes) and "
+        f"{sweep.blobs_removed} unmapped blobs ({sweep.bytes_removed} bytes)"
+    )
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["verify"]:
         parser, run, argv = _verify_parser(), run_verify, argv[1:]
+    elif argv[:1] == ["prune"]:
+        parser, run, argv = _prune_parser(), run_prune, argv[1:]
     elif argv[:2] == ["token", "create"]:
         parser, run, argv = _token_parser(), run_token, argv[2:]
     else:

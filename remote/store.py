@@ -168,10 +168,12 @@ class DiskStore:
         index = self.index(namespace)
         mapped = index.lookup([id for id, _ in objects])
         claims: list[tuple[str, str, int]] = []
+        present: list[str] = []
         out: list[str] = []
         for id, digest in objects:
             have = mapped.get(id)
             if have is not None and self.intact_blob(have) is not None:
+                present.append(id)
                 continue
             if digest is not None:
                 found = self.intact_blob(digest)
@@ -184,6 +186,9 @@ class DiskStore:
             # The blob may have been published by an upload still syncing its directory.
             self._sync_all(fsync_dir, {self.pool.path(d).parent for _, d, _ in claims})
             index.add_many(claims)
+        # "present" must stay true until the tool's snapshot ref lands: prune keeps what
+        # was confirmed within its grace period (nsindex.touched)
+        index.touch(present)
         return out
 
     def accept(self, namespace: str, id: str, digest: str, frame: bytes) -> Accepted:
