@@ -592,9 +592,9 @@ class App:
             return
         if rest == ["logout"]:
             _only(req, "POST")
-            sid = fleet.cookie_value(req.header("cookie"))
-            if sid is not None:
-                self.sessions.close(sid)
+            old = fleet.cookie_value(req.header("cookie"))
+            if old is not None:
+                self.sessions.close(old)
             cookie = f"{fleet.SESSION_COOKIE}=; Path=/fleet; HttpOnly; SameSite=Lax; Max-Age=0"
             headers = {"Location": "/fleet", "Set-Cookie": cookie, **nocache}
             await self._send_bytes(req, send, 303, b"", html_type, headers)

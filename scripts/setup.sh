@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything dpmsfs needs on a Debian 12 machine, as root, idempotently:
-# the apt packages (FUSE 3, its headers for building pyfuse3, fio for the benchmarks)
+# the apt packages (FUSE 3, its headers for building pyfuse3, fio for the benchmarks,
+# chromium for the fleet page test)
 # and a virtualenv at .venv/ in the repository root with the project installed.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-apt_packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio psmisc attr)
+apt_packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio psmisc attr chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
