@@ -8,6 +8,9 @@ Example (/etc/dpmsfs/data-tool.toml)::
     max_delay_seconds = 60                  # ... but never later than this after the first
     snapshot_interval_minutes = 15          # periodic snapshots, when something changed
     exclude = ["*.tmp", "core", "core.*", "*.swp"]
+    server = ["https://srv1:8765", "https://srv2:8765"]  # the central HA pair (optional)
+    token_file = "/etc/dpmsfs/tester-07.token"             # this tool's bearer token
+    tls_ca = "/etc/dpmsfs/ca.pem"                           # CA of the servers' certificates
     prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
     metrics_listen = "127.0.0.1:9310"       # Prometheus /metrics (default: off)
 
@@ -54,6 +57,9 @@ class Config:
     exclude: tuple[str, ...] = DEFAULT_EXCLUDES
     ingest_threads: int = 2
     fd_budget: int = 4096
+    server: tuple[str, ...] = ()  # URLs of the central server pair, tried in order
+    token_file: Path | None = None
+    tls_ca: Path | None = None
     retention: Policy = DEFAULT_POLICY
     prune_interval_hours: float = 24.0
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
@@ -175,6 +181,12 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
         values["alerts"] = AlertSettings.from_table(values["alerts"], path)
     if "exclude" in values:
         values["exclude"] = tuple(str(p) for p in values["exclude"])
+    if "server" in values:
+        urls = values["server"]
+        values["server"] = (urls,) if isinstance(urls, str) else tuple(str(u) for u in urls)
+    for key in ("token_file", "tls_ca"):
+        if values.get(key):
+            values[key] = Path(values[key])
     try:
         config = replace(Config(workdir=workdir, store=store), **values)
     except TypeError as exc:

@@ -161,6 +161,11 @@ def _bind(address: tuple[str, int]) -> socket.socket:
     try:
         if os.name != "nt":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit TCP_NODELAY from this one (Linux). Without it, every
+        # answer on a kept-alive connection waited 40 ms for the client's delayed ACK
+        # (Nagle: uvicorn writes headers and body separately, and sets the option only on
+        # sockets it binds itself): 45 ms per request instead of 1 ms, measured.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
         sock.listen(128)
     except BaseException:

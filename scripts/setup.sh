@@ -3,11 +3,15 @@
 # the apt packages (FUSE 3, its headers for building pyfuse3, fio for the benchmarks,
 # chromium for the fleet page test)
 # and a virtualenv at .venv/ in the repository root with the project installed.
+# `setup.sh --system-only`: the apt packages and /dev/fuse only (the install scripts for
+# tools and servers use it, then install the package into a venv of their own).
 set -euo pipefail
+system_only=false
+[ "${1:-}" = "--system-only" ] && system_only=true
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-apt_packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio psmisc attr chromium)
+apt_packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio psmisc attr systemd-container debootstrap chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -26,6 +30,11 @@ fi
 # /dev/fuse must exist for mounts; load the module where the kernel has it as one.
 if [ ! -e /dev/fuse ]; then
     modprobe fuse 2>/dev/null || true
+fi
+
+if $system_only; then
+    echo "setup: system packages ready"
+    exit 0
 fi
 
 python="${PYTHON:-python3}"

@@ -16,7 +16,7 @@ class CachedReader(SnapshotReader):
     """Consecutive snapshots share most trees: decode each tree once."""
 
     def __init__(self, reader: SnapshotReader, size: int = 256) -> None:
-        super().__init__(reader.store)
+        super().__init__(reader.source)
         self._cache: OrderedDict[bytes, list[TreeEntry]] = OrderedDict()
         self._size = size
 
@@ -55,7 +55,7 @@ def _same_version(a: TreeEntry, b: TreeEntry) -> bool:
 def file_history(reader: SnapshotReader, path: bytes) -> list[Version]:
     """Versions of `path`, newest first; works for paths deleted since."""
     cached = CachedReader(reader)
-    records = list(reader.store.list_snapshots())
+    records = reader.source.list_snapshots()
     versions: list[Version] = []
     for record in reversed(records):
         entry = cached.lookup(record.root_tree_id, path)

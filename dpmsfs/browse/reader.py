@@ -10,29 +10,39 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
+from dpmsfs.browse.source import ObjectSource, StoreSource, read_tree
 from dpmsfs.errors import NotFoundError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType, TreeEntry, find
 
+READ_AHEAD_CHUNKS = 8  # chunks of one large file in flight from the server (~1 MiB each)
+
 
 class SnapshotReader:
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    """Snapshots of one object source: the local store (a `Store` is taken as such), the
+    server, or both (dpmsfs/browse/source.py)."""
+
+    def __init__(self, source: Store | ObjectSource) -> None:
+        self.source: ObjectSource = StoreSource(source) if isinstance(source, Store) else source
 
     def snapshot(self, name: str) -> SnapshotRecord:
         if name == "latest":
-            last = self.store.latest_snapshot()
+            last = self.source.latest_snapshot()
             if last is None:
                 raise NotFoundError("there are no snapshots yet")
             return last
-        found = self.store.get_snapshot(name)
+        found = self.source.get_snapshot(name)
         if found is None:
             raise NotFoundError(f"no snapshot named {name}")
         return found
 
     def tree(self, tree_id: bytes) -> list[TreeEntry]:
-        return self.store.read_tree(tree_id)
+        entries = read_tree(self.source, tree_id)
+        subtrees = [e.content[0] for e in entries if e.type == EntryType.DIR]
+        if subtrees:  # a walk reads them next: from the server, ask for them all now
+            self.source.prefetch(subtrees)
+        return entries
 
     def lookup(self, root_tree_id: bytes, path: bytes) -> TreeEntry | None:
         """The entry at `path` (relative, b"" for the root: None) in a snapshot's tree."""
@@ -50,8 +60,8 @@ class SnapshotReader:
         return entry
 
     def iter_content(self, entry: TreeEntry) -> Iterator[bytes]:
-        for chunk_id in entry.content:
-            yield self.store.read_object(chunk_id)
+        """The chunks of a file, in order (from the server: several fetched at once)."""
+        return self.source.read_ahead(entry.content, READ_AHEAD_CHUNKS)
 
     def read_file(self, entry: TreeEntry) -> bytes:
         return b"".join(self.iter_content(entry))

@@ -72,14 +72,19 @@ def restore(
     in_place: bool,
     force: bool,
     progress: Progress | None = None,
+    keep_identical: bool = False,
+    workers: int = 2,
 ) -> RestoreStats:
-    """Restore `selection` (empty: the whole tree) of `record` under `target`."""
+    """Restore `selection` (empty: the whole tree) of `record` under `target`.
+    `keep_identical`: files already there with the snapshot's content are kept (resume)."""
     restorer = Restorer(
         reader,
         overwrite=in_place or force,
         delete_extra=in_place,
         restore_owner=True,
         progress=progress,
+        workers=workers,
+        keep_identical=keep_identical,
     )
     target_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

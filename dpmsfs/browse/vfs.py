@@ -4,6 +4,13 @@
 symlink. Below a snapshot directory, entries are served from the snapshot's trees:
 attributes as captured, contents read chunk by chunk from the store.
 
+With a server configured, a chunk or tree the local store lacks (or holds corrupt) is
+fetched from the tool's namespace on the server and checked against its id
+(browse/source.py) instead of failing with EIO; a chunk the server lacks too is still
+EIO, with a log line naming it. Fetched chunks are not written to the local store (the
+view has it read-only); those fetched at `open` are kept in memory for the open file,
+up to FETCHED_KEPT bytes.
+
 Inode numbers live in their own range (`VIRTUAL_BASE` and up), handed out on lookup
 and dropped when the kernel forgets them, so memory follows what the kernel holds,
 not how many snapshots exist or how large they are. Hard-linked files of one snapshot
@@ -18,15 +25,18 @@ import logging
 import os
 import stat
 import threading
+import typing
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
+from dpmsfs.browse.source import RemoteSource
+from dpmsfs.errors import DpmsError
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.schema import ObjectLocation
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
-from dpmsfs.store.tree import EntryType, TreeEntry, find
+from dpmsfs.store.tree import EntryType, TreeEntry, decode_tree, find
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,7 @@ class VNode:
 
 
 CHUNKS_KEPT = 4  # decoded chunks kept per open file
+FETCHED_KEPT = 64 << 20  # bytes fetched from the server at open, kept for the open file
 
 
 class _ChunkSlot:
@@ -103,11 +114,18 @@ class OpenFile:
     """
 
     def __init__(
-        self, entry: TreeEntry, offsets: list[int], locations: list[ObjectLocation]
+        self,
+        entry: TreeEntry,
+        offsets: list[int],
+        locations: list[ObjectLocation | None],
+        fetched: dict[int, bytes] | None = None,
     ) -> None:
         self.entry = entry
         self.offsets = offsets  # start offset of each chunk, plus the end
-        self.locations = locations  # of each chunk, looked up once at open (not per read)
+        # of each chunk, looked up once at open (not per read); None: not in the local
+        # store, read from the server
+        self.locations = locations
+        self.fetched = fetched or {}  # chunk index -> content fetched at open
         self.lock = threading.Lock()
         self.chunks: OrderedDict[int, _ChunkSlot] = OrderedDict()
 
@@ -120,8 +138,9 @@ class ReadOnly(OSError):
 class SnapshotTree:
     """What `.snapshots/` shows. Thread-safe for reads from worker threads."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, remote: RemoteSource | None = None) -> None:
         self.store = store
+        self.remote = remote  # the server, for what the local store lacks
         self._nodes: dict[int, VNode] = {}
         self._by_key: dict[tuple[object, ...], VNode] = {}
         self._next_ino = SNAPSHOTS_INO + 1
@@ -265,8 +284,12 @@ class SnapshotTree:
         try:
             entries = self.store.read_tree(tree_id)
         except StoreError as exc:
-            log.error("snapshot tree %s unreadable from the local store: %s", tree_id.hex(), exc)
-            raise OSError(errno.EIO, "snapshot tree unreadable") from None
+            if self.remote is None:
+                log.error("snapshot tree %s unreadable from the local store: %s",
+                          tree_id.hex(), exc)  # fmt: skip
+                raise OSError(errno.EIO, "snapshot tree unreadable") from None
+            log.warning("snapshot tree %s: %s; reading it from the server", tree_id.hex(), exc)
+            entries = self._from_server(tree_id, "snapshot tree", decode=True)
         self._trees[tree_id] = entries
         self._tree_entries += len(entries)
         while self._tree_entries > TREE_CACHE_ENTRIES and len(self._trees) > 1:
@@ -283,19 +306,45 @@ class SnapshotTree:
         if entry is None or entry.type != EntryType.FILE:
             raise IsADirectoryError(errno.EISDIR, "not a regular file")
         offsets = [0]
-        locations = []
-        for chunk_id in entry.content:
+        locations: list[ObjectLocation | None] = []
+        fetched: dict[int, bytes] = {}
+        kept = 0
+        for index, chunk_id in enumerate(entry.content):
             location = self.store.locate(chunk_id)
-            if location is None:
+            if location is not None:
+                length = location.raw_length
+            elif self.remote is None:
                 log.error("chunk %s of a snapshot file is not in the local store", chunk_id.hex())
                 raise OSError(errno.EIO, "chunk missing from the local store")
-            offsets.append(offsets[-1] + location.raw_length)
+            else:  # its length is known only from its content: fetch it now
+                log.warning("chunk %s of %s is not in the local store; reading it from the "
+                            "server", chunk_id.hex(), os.fsdecode(entry.name))  # fmt: skip
+                data = self._from_server(chunk_id, f"chunk of {os.fsdecode(entry.name)}")
+                length = len(data)
+                if kept + length <= FETCHED_KEPT:
+                    fetched[index] = data
+                    kept += length
+            offsets.append(offsets[-1] + length)
             locations.append(location)
         with self._lock:
             fh = self._next_fh
             self._next_fh += 1
-            self._files[fh] = OpenFile(entry, offsets, locations)
+            self._files[fh] = OpenFile(entry, offsets, locations, fetched)
         return fh
+
+    @typing.overload
+    def _from_server(self, oid: bytes, what: str, decode: Literal[True]) -> list[TreeEntry]: ...
+    @typing.overload
+    def _from_server(self, oid: bytes, what: str, decode: Literal[False] = False) -> bytes: ...
+    def _from_server(self, oid: bytes, what: str, decode: bool = False) -> bytes | list[TreeEntry]:
+        """Object `oid` from the server, checked; EIO (and a log line) if it cannot be."""
+        assert self.remote is not None
+        try:
+            data = self.remote.read_object(oid)
+            return decode_tree(data) if decode else data
+        except (DpmsError, StoreError) as exc:
+            log.error("%s %s: not readable from the server either: %s", what, oid.hex(), exc)
+            raise OSError(errno.EIO, f"{what} unreadable") from None
 
     def read(self, fh: int, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) of an open snapshot file. Runs on a worker thread."""
@@ -343,10 +392,18 @@ class SnapshotTree:
     def _decode_chunk(self, handle: OpenFile, index: int) -> bytes:
         chunk_id = handle.entry.content[index]
         location = handle.locations[index]
+        what = f"chunk of {os.fsdecode(handle.entry.name)}"
+        if location is None:
+            data = handle.fetched.get(index)
+            return data if data is not None else self._from_server(chunk_id, what)
         try:
             blob = self.store.read_blob(location, chunk_id)
             data = self.store.decode_blob(chunk_id, blob, location.pack_id)
         except StoreError as exc:
+            if self.remote is not None:
+                log.warning("cannot read chunk %s locally (%s); reading it from the server",
+                            chunk_id.hex(), exc)  # fmt: skip
+                return self._from_server(chunk_id, what)
             log.error(
                 "cannot read chunk %s of %s: %s",
                 chunk_id.hex(),

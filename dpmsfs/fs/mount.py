@@ -27,7 +27,7 @@ import trio
 from dpmsfs import mountinfo, sdnotify
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
-from dpmsfs.fs import syscalls, watchdog
+from dpmsfs.fs import liveness, syscalls, watchdog
 from dpmsfs.fs.changes import ChangeSink
 from dpmsfs.fs.operations import PassthroughOperations
 
@@ -113,6 +113,9 @@ def serve(
     _allow_setid_and_devices(workdir)
     fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
+    ping_interval = liveness.watchdog_interval()
+    if ping_interval is not None:
+        services = [*services, lambda: liveness.ping_while_serving(workdir, ping_interval)]
     unmounted_by_us = False
     try:
         unmounted_by_us = trio.run(

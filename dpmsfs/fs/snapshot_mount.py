@@ -17,7 +17,10 @@ is unmounted. While the view is not mounted, the daemon's own mount still serves
 `.snapshots` (operations.py delegates to the same SnapshotOperations), so browsing
 works at every moment; only `ls -l` of huge directories is slower then.
 
-Run by the daemon as `python -m dpmsfs.fs.snapshot_mount WORKDIR STORE`.
+Run by the daemon as `python -m dpmsfs.fs.snapshot_mount WORKDIR STORE`, with
+`--server URL ... --tool ID --token-file FILE [--tls-ca FILE]` when the mount's
+configuration names a server: chunks the local store lacks are then read from there
+(browse/vfs.py).
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from dpmsfs.browse.source import RemoteSource
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.fs import watchdog
 from dpmsfs.fs.mount import Service, run_session
@@ -88,10 +93,13 @@ def detach_dead_view(workdir: Path) -> bool:
 class SnapshotView:
     """Start, watch and stop the view process (a service of the daemon)."""
 
-    def __init__(self, workdir: Path, store: Path, log_level: str = "INFO") -> None:
+    def __init__(
+        self, workdir: Path, store: Path, log_level: str = "INFO", server_args: Sequence[str] = ()
+    ) -> None:
         self.workdir = workdir
         self.store = store
         self.log_level = log_level
+        self.server_args = list(server_args)  # from server_arguments()
         self.restarts = 0
         self._process: trio.Process | None = None
         self._stopping = False
@@ -134,8 +142,8 @@ class SnapshotView:
         # processes from worker threads that end when idle.
         read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
         command = [sys.executable, "-m", "dpmsfs.fs.snapshot_mount", "--log-level",
-                   self.log_level, "--daemon-fd", str(read_fd), os.fspath(self.workdir),
-                   os.fspath(self.store)]  # fmt: skip
+                   self.log_level, "--daemon-fd", str(read_fd), *self.server_args,
+                   os.fspath(self.workdir), os.fspath(self.store)]  # fmt: skip
         try:
             process = await trio.lowlevel.open_process(
                 command, stdin=subprocess.DEVNULL, pass_fds=(read_fd,)
@@ -226,7 +234,42 @@ def _raise_read_ahead(mount_point: str) -> None:
         log.info("snapshot view: read-ahead stays at the default (%s: %s)", knob, exc)
 
 
-def serve_view(workdir: Path, store_dir: Path, daemon_fd: int | None = None) -> int:
+def server_arguments(
+    urls: Sequence[str], tool: str, token_file: Path | None, tls_ca: Path | None
+) -> list[str]:
+    """The view process's arguments naming the server (none without a server)."""
+    if not urls or token_file is None:
+        return []
+    args = [f"--server={url}" for url in urls]
+    args += [f"--tool={tool}", f"--token-file={token_file}"]
+    return args + ([f"--tls-ca={tls_ca}"] if tls_ca else [])
+
+
+SERVER_DEADLINE = 10.0  # seconds a read waits for an unanswering server before EIO
+
+
+def _open_server(args: argparse.Namespace) -> RemoteSource | None:
+    """The server for chunks missing locally, or None (then they stay EIO)."""
+    if not args.server:
+        return None
+    from dpmsfs.browse.source import open_server
+    from dpmsfs.errors import DpmsError
+
+    try:
+        return open_server(args.server, args.tool, args.token_file, args.tls_ca,
+                           deadline=SERVER_DEADLINE)  # fmt: skip
+    except DpmsError as exc:
+        log.error("snapshot view: chunks missing locally will not be read from the server: %s",
+                  exc)  # fmt: skip
+        return None
+
+
+def serve_view(
+    workdir: Path,
+    store_dir: Path,
+    daemon_fd: int | None = None,
+    remote: RemoteSource | None = None,
+) -> int:
     from dpmsfs.store.errors import StoreError
     from dpmsfs.store.store import Store
 
@@ -236,7 +279,7 @@ def serve_view(workdir: Path, store_dir: Path, daemon_fd: int | None = None) -> 
         log.error("snapshot view: cannot open store %s: %s", store_dir, exc)
         return 4
     try:
-        ops = SnapshotOperations(SnapshotTree(store), own_mount=True)
+        ops = SnapshotOperations(SnapshotTree(store, remote), own_mount=True)
         mount_point = view_mount_point(workdir)
         try:
             pyfuse3.init(ops, mount_point, view_mount_options(workdir))
@@ -252,6 +295,8 @@ def serve_view(workdir: Path, store_dir: Path, daemon_fd: int | None = None) -> 
             log.info("snapshot view on %s unmounted", mount_point)
     finally:
         store.close()
+        if remote is not None:
+            remote.close()
     return 0
 
 
@@ -259,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="serve WORKDIR/.snapshots (run by the daemon)")
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--daemon-fd", type=int, help="a pipe: end of file when the daemon dies")
+    parser.add_argument("--server", action="append", help="server URL (repeated: the HA pair)")
+    parser.add_argument("--tool", help="the tool's namespace on the server")
+    parser.add_argument("--token-file", type=Path)
+    parser.add_argument("--tls-ca", type=Path)
     parser.add_argument("workdir", type=Path)
     parser.add_argument("store", type=Path)
     args = parser.parse_args(argv)
@@ -267,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     os.chdir("/")  # never keep either mount busy
-    return serve_view(args.workdir, args.store, args.daemon_fd)
+    return serve_view(args.workdir, args.store, args.daemon_fd, _open_server(args))
 
 
 if __name__ == "__main__":
