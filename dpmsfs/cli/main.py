@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diff": ("cmd_diff", "what changed between two snapshots"),
     "restore": ("cmd_restore", "restore files, directories or the whole tree"),
     "verify": ("cmd_verify", "check the store"),
+    "drill": ("cmd_drill", "restore a random sample from the server and check it"),
     "prune": ("cmd_prune", "apply the retention policy: forget snapshots, reclaim space"),
     "pin": ("cmd_pin", "keep a snapshot whatever the retention policy"),
     "unpin": ("cmd_unpin", "let the retention policy apply to a snapshot again"),
