@@ -25,8 +25,17 @@ MAX_TEXT = 500  # the server refuses longer strings (docs/remote-api.md)
 def build_report(status: dict[str, Any] | None, drill: dict[str, Any] | None) -> dict[str, Any]:
     """The report body from a status report (may be None) and a drill's `to_report()`."""
     alerts = []
+    # `dpmsfs status` evaluates them into "health"; the daemon's report has its alert
+    # service's section ("alerts": {"active": [...]}) instead
     health = (status or {}).get("health")
-    for alert in health.get("alerts", []) if isinstance(health, dict) else []:
+    section = (status or {}).get("alerts")
+    if isinstance(health, dict):
+        found = health.get("alerts", [])
+    elif isinstance(section, dict):
+        found = section.get("active", [])
+    else:
+        found = []
+    for alert in found if isinstance(found, list) else []:
         if isinstance(alert, dict) and alert.get("severity") in ("warning", "critical"):
             alerts.append({"name": str(alert.get("name", ""))[:MAX_TEXT],
                            "severity": alert["severity"],

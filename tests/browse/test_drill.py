@@ -123,3 +123,39 @@ def test_drill_without_a_server_is_one_clear_line(workdir: Path, store_dir: Path
     result = run_cli("drill", str(workdir), "--store", str(store_dir))
     assert result.returncode == 2
     assert "no server configured" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_daemon_schedule_drills_monthly_and_only_with_a_server(
+    workdir: Path,
+    store_dir: Path,
+    server: ServerProcess,
+    token_file: Path,
+    two_snapshots: tuple[str, str],
+) -> None:
+    from dpmsfs.clock import SYSTEM_CLOCK
+    from dpmsfs.config import Config
+    from dpmsfs.drill_service import FIRST_DRILL_DELAY_S, DrillService
+    from dpmsfs.store.store import Store
+
+    older, _ = two_snapshots
+    cfg = Config(workdir=workdir, store=store_dir, tool_id=NS_A, server=(server.url,),
+                 token_file=token_file)  # fmt: skip
+    assert cfg.drill_interval_days == 30
+    store = Store.open(str(store_dir), readonly=True)
+    try:
+        assert not DrillService(
+            Config(workdir=workdir, store=store_dir), store, SYSTEM_CLOCK
+        ).enabled
+        service = DrillService(cfg, store, SYSTEM_CLOCK)
+        assert service.enabled and service.seconds_until_due() == FIRST_DRILL_DELAY_S
+        result = service.run_once({"health": {"alerts": [
+            {"name": "store_free", "severity": "warning", "message": "15 % free"}]},
+            "sync": {"lag_seconds": 42}})  # fmt: skip
+        assert result.ok and result.snapshot == older
+        assert 29.9 * 86400 < service.seconds_until_due() <= 30 * 86400
+    finally:
+        store.close()
+    _, _, body = call(server.url, "GET", f"/v2/{NS_A}/report", headers=bearer(ADMIN))
+    sent = json.loads(body)["report"]
+    assert sent["sync_lag_seconds"] == 42 and sent["alerts"][0]["name"] == "store_free"
+    assert sent["drill"]["ok"] is True
