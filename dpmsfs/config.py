@@ -12,6 +12,7 @@ Example (/etc/dpmsfs/data-tool.toml)::
     token_file = "/etc/dpmsfs/tester-07.token"             # this tool's bearer token
     tls_ca = "/etc/dpmsfs/ca.pem"                           # CA of the servers' certificates
     prune_interval_hours = 24               # the daemon applies [retention] this often (0: never)
+    drill_interval_days = 30                # restore drill from the server (0: never)
     metrics_listen = "127.0.0.1:9310"       # Prometheus /metrics (default: off)
     server = ["https://srv-a:8765", "https://srv-b:8765"]   # sync on (HA pair, in order)
     token_file = "/etc/dpmsfs/tester-07.token"             # from `dpmsfs-server token create`
@@ -71,6 +72,7 @@ class Config:
     sync_snapshot_min_seconds: float = 30.0  # ... but at most one per this many seconds
     retention: Policy = DEFAULT_POLICY
     prune_interval_hours: float = 24.0
+    drill_interval_days: float = 30.0  # restore drills from the server (0: never; needs server)
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
     alerts: AlertSettings = field(default_factory=AlertSettings)
     # The live mount's FUSE layer: "kernel" (our own, dpmsfs.fuseproto) or "pyfuse3"

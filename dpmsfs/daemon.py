@@ -24,6 +24,7 @@ from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.clock import SYSTEM_CLOCK, Clock
 from dpmsfs.config import Config, remember_store
 from dpmsfs.control import Handler, serve_control
+from dpmsfs.drill_service import DrillService
 from dpmsfs.errors import BusyError, DpmsError, UnavailableError, UsageError
 from dpmsfs.fs.mount import MountOptions, Service, serve
 from dpmsfs.fs.snapshot_mount import SnapshotView, server_arguments
@@ -177,6 +178,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             report["last_snapshot_ns"] = record.time_utc_ns if record else 0
 
         monitor = Monitor(config, base_report, counters)
+        drills = DrillService(config, store, clock, monitor.report)
 
         async def status(_: dict[str, Any]) -> dict[str, Any]:
             return {"status": await monitor.report()}
@@ -265,6 +267,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         )
         services: list[Service] = [
             engine.run, control, view.run, pruner.run, monitor.run_alerts, monitor.run_metrics,
+            drills.run,
         ]  # fmt: skip
         if sync is not None:
             services.append(sync.run)

@@ -28,7 +28,7 @@ Malformed ids, digests or ref names are refused client-side with `ValueError`.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # A module-level alias because a method named `list` shadows the builtin in class bodies.
 Keys = list[str]
@@ -90,6 +90,9 @@ class Backend(Protocol):
 
     def delete_ref(self, name: str) -> None:
         """Remove ref `name` (admin only); `NotFoundError` if absent."""
+
+    def put_report(self, report: dict[str, Any]) -> None:
+        """Replace this tool's status report (latest wins; docs/remote-api.md)."""
 
     def close(self) -> None:
         """Release connections and other resources."""

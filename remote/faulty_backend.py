@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from remote.backend import Backend, Keys
 from remote.errors import TemporaryRemoteError
@@ -73,6 +73,9 @@ class FaultyBackend:
 
     def delete_ref(self, name: str) -> None:
         self._run("delete_ref", lambda: self.wrapped.delete_ref(name))
+
+    def put_report(self, report: dict[str, Any]) -> None:
+        self._run("put_report", lambda: self.wrapped.put_report(report))
 
     def close(self) -> None:
         self.wrapped.close()

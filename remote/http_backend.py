@@ -16,6 +16,7 @@ most UPLOAD_BATCH_BYTES of frames per request) and may be throttled by a token b
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import struct
 import threading
@@ -337,6 +338,16 @@ class HttpBackend:
         self._retry(
             f"put_ref {name}",
             lambda: self._call("put_ref", "PUT", path, (200, 201), data=data, headers=headers),
+        )
+
+    def put_report(self, report: dict[str, Any]) -> None:
+        body = json.dumps(report).encode("utf-8")
+        headers = {"Content-Type": "application/json"}
+        self._retry(
+            "put_report",
+            lambda: self._call(
+                "put_report", "PUT", self._ns("report"), (200,), data=body, headers=headers
+            ),
         )
 
     def get_ref(self, name: str) -> bytes:

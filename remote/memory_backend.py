@@ -21,6 +21,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from remote import names
 from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH, Keys
@@ -38,6 +39,7 @@ class _Blob:
 class _Namespace:
     objects: dict[str, str] = field(default_factory=dict)  # id -> pool digest
     refs: dict[str, bytes] = field(default_factory=dict)
+    report: dict[str, Any] | None = None  # the latest PUT report (latest wins)
 
 
 @dataclass
@@ -223,6 +225,10 @@ class MemoryBackend:
         with self.server.lock:
             if self._ns.refs.pop(name, None) is None:
                 raise NotFoundError(f"no ref {name}")
+
+    def put_report(self, report: dict[str, Any]) -> None:
+        with self.server.lock:
+            self._ns.report = dict(report)
 
     def close(self) -> None:
         pass

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-from remote import auth, hashing, names, objfile
+from remote import auth, fleet, hashing, names, objfile
 from remote.frames import is_digest
 from remote.metrics import ServerMetrics
 from remote.store import Accepted, DiskStore
@@ -148,6 +148,7 @@ class Request:
     headers: dict[str, str]
     body: Body
     close: bool = False  # answer with Connection: close (unread body, broken stream)
+    scheme: str = "http"
     answered: bool = field(default=False)
 
     def header(self, name: str) -> str | None:
@@ -177,6 +178,8 @@ class App:
         self.metrics = metrics
         self.metrics_port = metrics_port
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
+        self.fleet = fleet.FleetState(store)
+        self.sessions = fleet.Sessions()
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
@@ -243,6 +246,7 @@ class App:
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         length = _declared_length(headers)
         req = Request(scope["method"], path, query, headers, Body(receive, length))
+        req.scheme = str(scope.get("scheme", "http"))
         try:
             await self._route(req, send)
         except ApiError as exc:
@@ -347,6 +351,9 @@ class App:
 
     async def _route(self, req: Request, send: Send) -> None:
         parts = req.path.split("/")
+        if len(parts) >= 2 and parts[0] == "" and parts[1] == "fleet":
+            await self._fleet_page(req, send, parts[2:])
+            return
         if len(parts) < 3 or parts[0] != "" or parts[1] != API_VERSION:
             raise ApiError(404, "not_found", "unknown path")
         rest = parts[2:]
@@ -402,6 +409,8 @@ class App:
             if not names.is_ref_name(tail[1]):
                 raise ApiError(400, "bad_ref_name", "ref name must match [A-Za-z0-9._-]{1,100}")
             await self._ref(req, send, grant, ns, tail[1])
+        elif tail == ["report"]:
+            await self._report(req, send, grant, ns)
         elif tail == ["stats"]:
             _only(req, "GET")
             st = await self._run(self.store.stats, ns)
@@ -577,6 +586,85 @@ class App:
                 raise ApiError(404, "not_found", f"no ref {name}")
             await self._send_json(req, send, 200, {"ref": name, "deleted": True})
 
+    # -- tool reports and the fleet page (logic in remote/fleet.py) ---------------------------
+
+    async def _report(self, req: Request, send: Send, grant: auth.Grant, ns: str) -> None:
+        _only(req, "GET", "PUT")
+        if req.method == "GET":
+            doc = await self._run(self.fleet.get_report, ns)
+            if doc is None:
+                raise ApiError(404, "not_found", f"no report for {ns}")
+            await self._send_json(req, send, 200, doc)
+            return
+        if grant.may_replicate:
+            raise ApiError(403, "forbidden", "a replicate token may not report for a tool")
+        self._length(req, fleet.MAX_REPORT_SIZE)
+        try:
+            report = fleet.parse_report(await req.body.read_all())
+        except fleet.ReportError as exc:
+            raise ApiError(400, "bad_report", str(exc)) from exc
+        await self._run(self.fleet.put_report, ns, report, time.time_ns())
+        await self._send_json(req, send, 200, {"namespace": ns, "stored": True})
+
+    def _fleet_grant(self, req: Request) -> auth.Grant | None:
+        """Admin access to the page: a session cookie or a bearer header; None if neither."""
+        sid = fleet.cookie_value(req.header("cookie"))
+        if sid is not None and self.sessions.valid(sid, time.time()):
+            return auth.Grant(role="admin", namespaces=None)
+        if req.header("authorization") is None:
+            return None
+        return self._grant(req)
+
+    async def _fleet_page(self, req: Request, send: Send, rest: list[str]) -> None:
+        html_type = "text/html; charset=utf-8"
+        nocache = {"Cache-Control": "no-store", "X-Frame-Options": "DENY"}
+        if rest == ["login"]:
+            _only(req, "POST")
+            self._length(req, 4096)
+            form = parse_qs((await req.body.read_all()).decode("latin-1"))
+            grant = self.tokens.lookup(form.get("token", [""])[-1].strip())
+            if grant is None or not grant.is_admin:
+                status = 401 if grant is None else 403
+                page = fleet.render_login(
+                    "unknown token" if grant is None else "not an admin token"
+                )
+                await self._send_bytes(req, send, status, page.encode(), html_type, nocache)
+                return
+            sid = self.sessions.open(time.time())
+            secure = "; Secure" if req.scheme == "https" else ""
+            cookie = (
+                f"{fleet.SESSION_COOKIE}={sid}; Path=/fleet; HttpOnly; SameSite=Lax"
+                f"; Max-Age={fleet.SESSION_SECONDS}{secure}"
+            )
+            headers = {"Location": "/fleet", "Set-Cookie": cookie, **nocache}
+            await self._send_bytes(req, send, 303, b"", html_type, headers)
+            return
+        if rest == ["logout"]:
+            _only(req, "POST")
+            old = fleet.cookie_value(req.header("cookie"))
+            if old is not None:
+                self.sessions.close(old)
+            cookie = f"{fleet.SESSION_COOKIE}=; Path=/fleet; HttpOnly; SameSite=Lax; Max-Age=0"
+            headers = {"Location": "/fleet", "Set-Cookie": cookie, **nocache}
+            await self._send_bytes(req, send, 303, b"", html_type, headers)
+            return
+        if rest not in ([], [""]):
+            raise ApiError(404, "not_found", "unknown path")
+        _only(req, "GET", "HEAD")
+        grant = self._fleet_grant(req)
+        if grant is None:
+            page = fleet.render_login()
+            await self._send_bytes(req, send, 401, page.encode(), html_type, nocache)
+            return
+        if not grant.is_admin:
+            page = fleet.render_login("the fleet page needs an admin token")
+            await self._send_bytes(req, send, 403, page.encode(), html_type, nocache)
+            return
+        now = time.time()
+        rows = await self._run(self.fleet.rows, now)
+        page = fleet.render_fleet(rows, now)
+        await self._send_bytes(req, send, 200, page.encode(), html_type, nocache)
+
 
 _NAMESPACE_ROUTES = {
     ("objects:missing",): "objects:missing",
@@ -585,6 +673,7 @@ _NAMESPACE_ROUTES = {
     ("objects",): "objects",
     ("refs",): "refs",
     ("stats",): "stats",
+    ("report",): "report",
 }
 
 
@@ -593,6 +682,8 @@ def endpoint_template(path: str) -> str:
     metrics: never a namespace, id or ref name, so the label has a handful of values
     whatever clients send (unknown paths all count as "other")."""
     parts = path.split("/")
+    if path in ("/fleet", "/fleet/login", "/fleet/logout"):
+        return path[1:]
     if len(parts) < 3 or parts[0] != "" or parts[1] != API_VERSION:
         return "other"
     rest = parts[2:]

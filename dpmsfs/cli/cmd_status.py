@@ -91,6 +91,10 @@ def collect(cfg: config.Config, now_ns: int | None = None) -> dict[str, Any]:
     if "store_total_bytes" not in report or "last_verify" not in report:
         report_extras.add_extras(report, cfg.store)
     report.update(report_extras.ratios(report))
+    if "drill" not in report:
+        from dpmsfs.browse.drill import last_result
+
+        report["drill"] = last_result(cfg.store)
     result = health.evaluate(report, cfg.alerts, now_ns or time.time_ns())
     report["health"] = _with_daemon_since(result, report).to_dict()
     return report
@@ -166,6 +170,7 @@ def _ratio(value: Any) -> str:
 
 # Keys `render` shows in its own lines; every other key is shown generically.
 _KNOWN = {
+    "drill",
     "workdir", "mounted", "daemon", "capture", "paused_reason", "store", "store_bytes",
     "store_raw_bytes", "store_objects", "store_free_bytes", "store_total_bytes",
     "captured_files", "captured_bytes", "pending_files", "pending_bytes", "last_snapshot",
@@ -230,11 +235,23 @@ def render(r: dict[str, Any]) -> str:
     else:
         lines.append("last verify     never")
     lines += _delivery_lines(r)
+    lines.append(_drill_line(r.get("drill")))
     for key in sorted(set(r) - _KNOWN):
         lines += _generic(key, r[key])
     lines.extend(render_sync(r.get("sync")))
     lines += _alert_lines(r.get("health", {}))
     return "\n".join(lines)
+
+
+def _drill_line(drill: Any) -> str:
+    if not isinstance(drill, dict):
+        return "drill           never"
+    verdict = "passed" if drill.get("ok") else "FAILED"
+    line = (f"drill           {_when(int(drill.get('time_utc_ns', 0)))}: {verdict}, "
+            f"{drill.get('files', 0)} files of {drill.get('snapshot') or '-'} in "
+            f"{float(drill.get('seconds', 0)):.1f} s (first file "
+            f"{float(drill.get('first_file_seconds', 0)):.2f} s)")  # fmt: skip
+    return line + (f"; {drill['message']}" if drill.get("message") else "")
 
 
 def _store_line(r: dict[str, Any]) -> str:

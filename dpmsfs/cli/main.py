@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "restore": ("cmd_restore", "restore files, directories or the whole tree"),
     "verify": ("cmd_verify", "check the store"),
     "sync": ("cmd_sync", "push snapshots to the server now"),
+    "drill": ("cmd_drill", "restore a random sample from the server and check it"),
     "prune": ("cmd_prune", "apply the retention policy: forget snapshots, reclaim space"),
     "pin": ("cmd_pin", "keep a snapshot whatever the retention policy"),
     "unpin": ("cmd_unpin", "let the retention policy apply to a snapshot again"),
