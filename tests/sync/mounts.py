@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from dpmsfs import control
 from dpmsfs.config import Config
+from dpmsfs.errors import UnavailableError
 from tests.mount.conftest import CliMount, run_cli
 
 
@@ -29,6 +31,17 @@ class SyncMount(CliMount):
     def __init__(self, workdir: Path, config_file: Path) -> None:
         self.config_file = config_file
         super().__init__(workdir, "--config", str(config_file))
+        # The foreground mount is visible before the daemon's control socket listens (the
+        # services start once the mount serves): wait for it, as `dpmsfs mount` does.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.status()
+                return
+            except UnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def status(self) -> dict[str, Any]:
         sock = Config(workdir=self.workdir, store=Path("/")).control_socket
