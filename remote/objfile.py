@@ -83,7 +83,7 @@ def receive(
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
     return tmp, actual
 
@@ -156,7 +156,8 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _unlink_quietly(path: Path) -> None:
+def unlink_quietly(path: Path) -> None:
+    """Remove a temp file; a file already gone is fine, another failure is only logged."""
     try:
         path.unlink()
     except FileNotFoundError:

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from remote import objfile
 from remote.frames import BadFrameError, inspect_frame, is_digest
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class BlobPool:
                     f.flush()
                     os.fsync(f.fileno())
         except BaseException:
-            _unlink_quietly(tmp)
+            objfile.unlink_quietly(tmp)
             raise
         return tmp
 
@@ -94,7 +95,7 @@ class BlobPool:
         try:
             os.replace(tmp, final)
         except BaseException:
-            _unlink_quietly(tmp)
+            objfile.unlink_quietly(tmp)
             raise
         return final.parent
 
@@ -163,12 +164,3 @@ def sync_file(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _unlink_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # pragma: no cover - e.g. Windows sharing violation
-        log.warning("could not remove temp file %s: %s", path, exc)
