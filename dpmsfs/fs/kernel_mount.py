@@ -8,7 +8,8 @@ threads serve requests, and on SIGTERM stop the snapshot view before unmounting.
 Differences from the pyfuse3 path:
 * mount(2) with `fd=N` directly: the flags are ours, so set-id programs and device
   files work without remounting (fusermount3 always added nosuid,nodev), and there is
-  no `auto_unmount`: the watchdog process (watchdog.py) is the fail-open net.
+  no `auto_unmount`: the watchdog process (watchdog.py), started before mount(2), is
+  the fail-open net.
 * A file held open for writing is re-reported every `open_writer_recapture_seconds`
   while it changes: with passthrough the daemon sees no WRITE requests, and a datalog
   open for hours must still be captured every few minutes, not only at its close.
@@ -43,6 +44,9 @@ WORKERS = 3
 # Benchmarks set this to a file: FUSE requests per opcode are counted and written there
 # about every 0.2 s (scripts/bench_workloads.py reads the difference per workload).
 REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
+# Tests only: SIGKILL the daemon right after mount(2) and INIT, before it told the
+# fail-open watchdog which mount is its own (the window the watchdog must cover).
+KILL_AFTER_MOUNT_ENV = "DPMSFS_TEST_KILL_AFTER_MOUNT"
 
 
 def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
@@ -127,15 +131,20 @@ def serve(
         workers=WORKERS,
     )
     ops.attach(session.backing_open, session.backing_close)
+    # Started before mount(2): no instant at which a dead daemon leaves a dead mount.
+    fail_open = watchdog.start(str(workdir))
     try:
         session.mount()
     except OSError as exc:
+        fail_open.stop()
         session.close()
         ops.close()
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc.strerror or exc})") from None
+    if os.environ.get(KILL_AFTER_MOUNT_ENV) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # tests: die in the window after mount(2)
+    fail_open.arm()
     live = LiveMount(session, ops)
-    fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
 
     async def fuse_main() -> None:
@@ -173,6 +182,5 @@ def serve(
         session.close()
         ops.close()
         os.close(root_fd)
-        if fail_open is not None:
-            fail_open.stop()  # it finds the mount gone and exits
+        fail_open.stop()  # it finds the mount gone and exits
         log.info("unmounted %s", workdir)

@@ -132,13 +132,15 @@ def serve(
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget, snapshots=snapshots)
+    fail_open = watchdog.start(str(workdir))  # before mounting: no unguarded window
     try:
         pyfuse3.init(ops, str(workdir), mount_options(workdir, options.fuse_debug))
     except RuntimeError as exc:
+        fail_open.stop()
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc})") from None
+    fail_open.arm()
     _allow_setid_and_devices(workdir)
-    fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
     ping_interval = liveness.watchdog_interval()
     if ping_interval is not None:
@@ -156,8 +158,7 @@ def serve(
         pyfuse3.close(unmount=unmounted_by_us)
         ops.close()
         os.close(root_fd)
-        if fail_open is not None:
-            fail_open.stop()  # it finds the mount gone and exits
+        fail_open.stop()  # it finds the mount gone and exits
         log.info("unmounted %s", workdir)
 
 

@@ -172,3 +172,22 @@ def test_datalog_writer_runs_through_kill9_and_restart(workdir: Path, store_dir:
     finally:
         again.stop()
     assert files_of(store_dir, name)["lot.log"] == expected
+
+
+def test_kill9_right_after_mount_leaves_no_dead_mount(workdir: Path, store_dir: Path) -> None:
+    """The daemon SIGKILLs itself the moment mount(2) (and INIT) returned, before it told
+    the fail-open watchdog which mount is its own: the watchdog, started before
+    mounting, still finds and detaches it, and the real directory shows again."""
+    (workdir / "real.txt").write_bytes(b"on the disk\n")
+    env = {**os.environ, "DPMSFS_TEST_KILL_AFTER_MOUNT": "1"}
+    for attempt in range(3):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dpmsfs.cli.main", "mount", "--foreground",
+             "--store", str(store_dir), str(workdir)],
+            env=env, capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert proc.returncode == -signal.SIGKILL, (attempt, proc.stderr.decode(errors="replace"))
+        wait_for(lambda: not mountinfo.is_dpmsfs_mount(workdir), timeout=10,
+                 what=f"fail-open after kill -9 #{attempt}")  # fmt: skip
+        assert (workdir / "real.txt").read_bytes() == b"on the disk\n"
+        assert "real.txt" in os.listdir(workdir)
