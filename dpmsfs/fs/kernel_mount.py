@@ -12,7 +12,9 @@ Differences from the pyfuse3 path:
   the fail-open net.
 * A file held open for writing is re-reported every `open_writer_recapture_seconds`
   while it changes: with passthrough the daemon sees no WRITE requests, and a datalog
-  open for hours must still be captured every few minutes, not only at its close.
+  open for hours must still be captured every few minutes, not only at its close. The
+  same poll follows files a program still writes through a previous (killed) daemon's
+  mount (old_writers.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import trio
 
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import UnavailableError
-from dpmsfs.fs import watchdog
+from dpmsfs.fs import old_writers, watchdog
 from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
 from dpmsfs.fs.kernel_ops import KernelPassthroughOperations
 from dpmsfs.fuseproto.session import Session
@@ -164,6 +166,10 @@ def serve(
     if options.open_writer_recapture_seconds > 0:
         interval = options.open_writer_recapture_seconds
         all_services.append(lambda: recapture_open_writers(ops, sink, interval))
+        # Programs still writing through descriptors of a previous daemon's mount.
+        all_services.append(
+            lambda: old_writers.watch_old_writers(root_fd, str(workdir), sink, interval)
+        )
     try:
         trio.run(
             run_session,
