@@ -13,12 +13,17 @@ on a tool (`dpmsfs mount --foreground --store ...`):
 Workloads: the datalog writer (20,000 unbuffered 256-byte appends, fsync every 1,000),
 a sequential write (with fsync) and a warm sequential read of it, `tar x` of a source
 tree from mkdataset's pgm/ (no *.atp), `grep -r` over it (page cache warm), `rm -rf`
-of it, and optionally `make -j2` of a C project (--make-src: a directory with a
-Makefile, copied in fresh each round; e.g. Lua's src/).
+of it, and `make -j2` of a C project (Lua by default, or --make-src: a directory
+with a Makefile, copied in fresh each round).
 
 Sides are interleaved in rounds (the order rotates); each workload's figure is the
 median over rounds of the per-round ratio side / native. FUSE requests per workload
-(kernel layer only) come from the daemon's request counter (DPMSFS_FUSE_REQUEST_COUNTS).
+and the microseconds spent handling them come from the daemon's request counter
+(DPMSFS_FUSE_REQUEST_COUNTS; the kernel layer's session and, on pyfuse3, a counting
+wrapper around the Operations, both off unless that variable is set). The C build is
+`make -j2 linux` of Lua 5.4.4 (Debian's orig tarball, sha256-checked, cached under
+/var/cache/dpmsfs-bench, extracted fresh each round); a run that cannot download it
+says so and goes on without it.
 
     .venv/bin/python scripts/bench_workloads.py --rounds 3 --json out.json
     .venv/bin/python scripts/bench_workloads.py --quick      # small smoke run
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +51,10 @@ REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 MOUNT_TIMEOUT = 30.0
 SIDES = ("native", "kernel-pt", "kernel", "pyfuse3")
+LUA_URL = "https://deb.debian.org/debian/pool/main/l/lua5.4/lua5.4_5.4.4.orig.tar.gz"
+LUA_SHA256 = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
+LUA_DIR = "lua-5.4.4"
+LUA_CACHE = Path("/var/cache/dpmsfs-bench")
 
 
 def log(msg: str) -> None:
@@ -87,7 +98,7 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{side}: mount failed: {log_path.read_text()[-500:]}")
             time.sleep(0.02)
-        if side.startswith("kernel"):
+        if side != "native":
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not counts.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the counter's first write: a baseline for workload 1
@@ -190,7 +201,48 @@ def workloads(args: argparse.Namespace, tarball: Path) -> list[tuple[str, Callab
             return elapsed
 
         items.append(("make -j2", make))
+    elif args.lua_tarball:
+        lua = Path(args.lua_tarball)
+
+        def make_lua(w: Path) -> float:
+            # A fresh extract each round: nothing left over from the previous build.
+            subprocess.run(["tar", "xzf", str(lua)], cwd=w, check=True)
+            build = w / LUA_DIR
+            elapsed = timed(["make", "-j2", "-s", "linux"], build)
+            shutil.rmtree(build)
+            return elapsed
+
+        items.append(("make -j2 (Lua 5.4.4)", make_lua))
     return items
+
+
+def fetch_lua(cache: Path) -> Path | None:
+    """Lua's source from Debian's pool, checked against its sha256, cached; None (and
+    a clear line) when it cannot be had, so the rest of the run goes on."""
+    target = cache / Path(LUA_URL).name
+    if not target.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            log(f"downloading {LUA_URL}")
+            with urllib.request.urlopen(LUA_URL, timeout=60) as response:
+                data = response.read()
+        except OSError as exc:
+            log(f"C build NOT run: cannot download {LUA_URL} ({exc})")
+            return None
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != LUA_SHA256:
+            log(f"C build NOT run: {LUA_URL} has sha256 {digest}, expected {LUA_SHA256}")
+            return None
+        tmp = target.with_suffix(".part")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    elif hashlib.sha256(target.read_bytes()).hexdigest() != LUA_SHA256:
+        log(f"C build NOT run: cached {target} does not match sha256 {LUA_SHA256}")
+        return None
+    if shutil.which("make") is None or shutil.which("gcc") is None:
+        log("C build NOT run: make/gcc missing (scripts/setup.sh installs build-essential)")
+        return None
+    return target
 
 
 def _grep(work: Path) -> float:
@@ -208,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-mb", type=int, default=256)
     parser.add_argument("--tree-mb", type=int, default=1000, help="mkdataset size for pgm/")
     parser.add_argument("--make-src", help="a C project directory to `make -j2` each round")
+    parser.add_argument("--no-lua", action="store_true",
+                        help="skip the default C build (Lua 5.4.4 from Debian's pool)")  # fmt: skip
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=SIDES)
     parser.add_argument("--mkdataset", default="/work/shared/bench/mkdataset.py")
     parser.add_argument("--quick", action="store_true", help="small smoke sizes")
@@ -221,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = Path(args.base) / "dpmsfs-bench-cache"
     cache.mkdir(exist_ok=True)
     tarball = ensure_tree(cache, args.tree_mb, Path(args.mkdataset))
+    args.lua_tarball = None
+    if not args.make_src and not args.no_lua:
+        lua = fetch_lua(LUA_CACHE)
+        args.lua_tarball = str(lua) if lua else None
     times: dict[str, dict[str, list[float]]] = {}
     requests: dict[str, dict[str, dict[str, int]]] = {}
     try:
@@ -239,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         before = read_counts(counts)
                         elapsed = run(work)
                         times.setdefault(name, {}).setdefault(side, []).append(elapsed)
-                        if side.startswith("kernel"):
+                        if side != "native":
                             time.sleep(0.45)
                             after = read_counts(counts)
                             delta = {k: v - before.get(k, 0) for k, v in after.items()
@@ -266,13 +324,15 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{row[f'{s}_s']:.3f} s ({row[f'{s}_ratio']:.2f}x)" for s in args.sides[1:]]
         print(f"| {row['workload']} | {row['native_s']:.3f} s | " + " | ".join(cells) + " |")
     print("\nFUSE requests per workload (last round):")
+    print("  (opcode count, microseconds per request in the handler)")
     for row in rows:
-        for side in ("kernel-pt", "kernel"):
-            if row.get(f"{side}_requests"):
-                top = sorted(row[f"{side}_requests"].items(), key=lambda kv: -kv[1])[:6]
-                print(
-                    f"  {row['workload']:<16} {side:<10} " + ", ".join(f"{k} {v}" for k, v in top)
-                )
+        for side in ("kernel-pt", "kernel", "pyfuse3"):
+            found = row.get(f"{side}_requests")
+            if found:
+                counts = {k: v for k, v in found.items() if not k.startswith("us ")}
+                top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+                cells = [f"{k} {v} ({found.get(f'us {k}', 0) / v:.0f} us)" for k, v in top]
+                print(f"  {row['workload']:<16} {side:<10} " + ", ".join(cells))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything dpmsfs needs on a Debian 12 machine, as root, idempotently:
 # the apt packages (FUSE 3, its headers for building pyfuse3, fio for the benchmarks,
-# chromium for the fleet page test)
+# chromium for the fleet page test, build-essential for the C build of bench_workloads.py)
 # and a virtualenv at .venv/ in the repository root with the project installed.
 # `setup.sh --system-only`: the apt packages and /dev/fuse only (the install scripts for
 # tools and servers use it, then install the package into a venv of their own).
@@ -11,7 +11,7 @@ system_only=false
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-apt_packages=(fuse3 libfuse3-dev pkg-config gcc python3-dev python3-venv fio psmisc attr systemd-container debootstrap chromium)
+apt_packages=(fuse3 libfuse3-dev pkg-config gcc build-essential python3-dev python3-venv fio psmisc attr systemd-container debootstrap chromium)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -8,10 +8,13 @@ threads serve requests, and on SIGTERM stop the snapshot view before unmounting.
 Differences from the pyfuse3 path:
 * mount(2) with `fd=N` directly: the flags are ours, so set-id programs and device
   files work without remounting (fusermount3 always added nosuid,nodev), and there is
-  no `auto_unmount`: the watchdog process (watchdog.py) is the fail-open net.
+  no `auto_unmount`: the watchdog process (watchdog.py), started before mount(2), is
+  the fail-open net.
 * A file held open for writing is re-reported every `open_writer_recapture_seconds`
   while it changes: with passthrough the daemon sees no WRITE requests, and a datalog
-  open for hours must still be captured every few minutes, not only at its close.
+  open for hours must still be captured every few minutes, not only at its close. The
+  same poll follows files a program still writes through a previous (killed) daemon's
+  mount (old_writers.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import trio
 
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import UnavailableError
-from dpmsfs.fs import watchdog
+from dpmsfs.fs import old_writers, watchdog
 from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
 from dpmsfs.fs.kernel_ops import KernelPassthroughOperations
 from dpmsfs.fuseproto.session import Session
@@ -43,6 +46,9 @@ WORKERS = 3
 # Benchmarks set this to a file: FUSE requests per opcode are counted and written there
 # about every 0.2 s (scripts/bench_workloads.py reads the difference per workload).
 REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
+# Tests only: SIGKILL the daemon right after mount(2) and INIT, before it told the
+# fail-open watchdog which mount is its own (the window the watchdog must cover).
+KILL_AFTER_MOUNT_ENV = "DPMSFS_TEST_KILL_AFTER_MOUNT"
 
 
 def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
@@ -127,15 +133,20 @@ def serve(
         workers=WORKERS,
     )
     ops.attach(session.backing_open, session.backing_close)
+    # Started before mount(2): no instant at which a dead daemon leaves a dead mount.
+    fail_open = watchdog.start(str(workdir))
     try:
         session.mount()
     except OSError as exc:
+        fail_open.stop()
         session.close()
         ops.close()
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc.strerror or exc})") from None
+    if os.environ.get(KILL_AFTER_MOUNT_ENV) == "1":
+        os.kill(os.getpid(), signal.SIGKILL)  # tests: die in the window after mount(2)
+    fail_open.arm()
     live = LiveMount(session, ops)
-    fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
 
     async def fuse_main() -> None:
@@ -155,6 +166,10 @@ def serve(
     if options.open_writer_recapture_seconds > 0:
         interval = options.open_writer_recapture_seconds
         all_services.append(lambda: recapture_open_writers(ops, sink, interval))
+        # Programs still writing through descriptors of a previous daemon's mount.
+        all_services.append(
+            lambda: old_writers.watch_old_writers(root_fd, str(workdir), sink, interval)
+        )
     try:
         trio.run(
             run_session,
@@ -173,6 +188,5 @@ def serve(
         session.close()
         ops.close()
         os.close(root_fd)
-        if fail_open is not None:
-            fail_open.stop()  # it finds the mount gone and exits
+        fail_open.stop()  # it finds the mount gone and exits
         log.info("unmounted %s", workdir)

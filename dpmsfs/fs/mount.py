@@ -28,11 +28,14 @@ import trio
 from dpmsfs import mountinfo, sdnotify
 from dpmsfs.browse.vfs import SnapshotTree
 from dpmsfs.errors import BusyError, NotFoundError, UnavailableError, UsageError
-from dpmsfs.fs import liveness, syscalls, watchdog
+from dpmsfs.fs import liveness, request_counts, syscalls, watchdog
 from dpmsfs.fs.changes import ChangeSink
 from dpmsfs.fs.operations import PassthroughOperations
 
 log = logging.getLogger(__name__)
+
+# Benchmarks set this to a file: FUSE requests per opcode are written there (both paths).
+REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
 
 # A background service runs beside the FUSE loop (ingest, snapshots, sync, status).
 Service = Callable[[], Awaitable[None]]
@@ -132,13 +135,19 @@ def serve(
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     root_fd = os.open(workdir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ops = PassthroughOperations(root_fd, sink, fd_budget=options.fd_budget, snapshots=snapshots)
+    counts_path = os.environ.get(REQUEST_COUNTS_ENV)
+    if counts_path:  # benchmarks only: nothing is wrapped otherwise
+        counts = request_counts.instrument(ops)
+        services = [*services, lambda: request_counts.write_counts(counts, counts_path)]
+    fail_open = watchdog.start(str(workdir))  # before mounting: no unguarded window
     try:
         pyfuse3.init(ops, str(workdir), mount_options(workdir, options.fuse_debug))
     except RuntimeError as exc:
+        fail_open.stop()
         os.close(root_fd)
         raise UnavailableError(f"{workdir}: mount failed ({exc})") from None
+    fail_open.arm()
     _allow_setid_and_devices(workdir)
-    fail_open = watchdog.start(str(workdir))
     log.info("mounted %s", workdir)
     ping_interval = liveness.watchdog_interval()
     if ping_interval is not None:
@@ -156,8 +165,7 @@ def serve(
         pyfuse3.close(unmount=unmounted_by_us)
         ops.close()
         os.close(root_fd)
-        if fail_open is not None:
-            fail_open.stop()  # it finds the mount gone and exits
+        fail_open.stop()  # it finds the mount gone and exits
         log.info("unmounted %s", workdir)
 
 

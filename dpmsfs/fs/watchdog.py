@@ -5,13 +5,22 @@ opening the mount point fails with ENOTCONN, and when the daemon is SIGKILLed it
 check races with the kernel aborting the connection (measured: 8-28% of kills left a
 dead mount, "Transport endpoint is not connected", until someone ran fusermount).
 
-This watchdog is a small separate process started right after mounting. It holds the
+This watchdog is a small separate process started *before* mounting. It holds the
 read end of a pipe whose write end only the daemon holds: end of file means the daemon
-is gone, however it died. Then, if the mount it was started for (identified by its
-mount id, so a remount by a restarted daemon is never touched) is still there, it
-aborts the FUSE connection (/sys/fs/fuse/connections/N/abort, which fails every
-pending and future request instead of hanging) and detaches the mount (MNT_DETACH):
-the real directory shows through again.
+is gone, however it died. Once mounted, the daemon writes the mount's identity (mount
+id and FUSE connection number) into the pipe. At end of file, if the mount it was told
+about (identified by its mount id, so a remount by a restarted daemon is never touched)
+is still there, it aborts the FUSE connection (/sys/fs/fuse/connections/N/abort, which
+fails every pending and future request instead of hanging) and detaches the mount
+(MNT_DETACH): the real directory shows through again.
+
+Why before: a watchdog started after mount(2) leaves a window (the process start) in
+which a kill -9 of the daemon leaves a dead mount ("Transport endpoint is not
+connected") that nobody detaches. Started before, the watchdog also knows which mounts
+were at the mount point already (argv); if the daemon dies after mount(2) but before
+it could write the identity, the dpmsfs mount on top that was not there before is
+the daemon's own, and is detached the same way. So no instant is left at which a dead
+daemon leaves a dead mount behind.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dpmsfs.mountinfo import FSTYPE, topmost
+from dpmsfs.mountinfo import FSTYPE, Mount, mount_table, topmost
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +52,22 @@ def mount_identity(mount_point: str, fstype: str = FSTYPE) -> tuple[int, int] | 
 class Watchdog:
     """The daemon's side: the pipe's write end and the watchdog process."""
 
-    def __init__(self, write_fd: int, process: subprocess.Popen[bytes]) -> None:
+    def __init__(
+        self, mount_point: str, fstype: str, write_fd: int, process: subprocess.Popen[bytes]
+    ) -> None:
+        self.mount_point = mount_point
+        self.fstype = fstype
         self.write_fd = write_fd
         self.process = process
+
+    def arm(self) -> bool:
+        """Tell the watchdog which mount is ours, right after mount(2) returned."""
+        identity = mount_identity(self.mount_point, self.fstype)
+        if identity is None:
+            log.warning("no dpmsfs mount found at %s after mounting", self.mount_point)
+            return False
+        os.write(self.write_fd, b"%d %d\n" % identity)
+        return True
 
     def stop(self, timeout: float = 5.0) -> None:
         """After a clean unmount: the watchdog sees end of file, no mount, and exits."""
@@ -58,17 +80,15 @@ class Watchdog:
             self.process.wait()
 
 
-def start(mount_point: str) -> Watchdog | None:
-    """Start the watchdog for the mount just made at `mount_point`."""
-    identity = mount_identity(mount_point)
-    if identity is None:
-        log.warning("no dpmsfs mount found at %s: no fail-open watchdog", mount_point)
-        return None
+def start(mount_point: str, fstype: str = FSTYPE) -> Watchdog:
+    """Start the watchdog for the mount about to be made at `mount_point`; call
+    `Watchdog.arm()` once mount(2) has returned."""
+    before = ",".join(str(m.mount_id) for m in mount_table() if m.mount_point == mount_point)
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         process = subprocess.Popen(
-            [sys.executable, "-m", "dpmsfs.fs.watchdog", mount_point, str(identity[0]),
-             str(identity[1]), str(read_fd)],
+            [sys.executable, "-m", "dpmsfs.fs.watchdog", mount_point, fstype, before or "-",
+             str(read_fd)],
             pass_fds=(read_fd,),
             stdin=subprocess.DEVNULL,
             start_new_session=True,
@@ -78,7 +98,7 @@ def start(mount_point: str) -> Watchdog | None:
         raise
     finally:
         os.close(read_fd)
-    return Watchdog(write_fd, process)
+    return Watchdog(mount_point, fstype, write_fd, process)
 
 
 def detach(mount_point: str, mount_id: int, connection: int, fstype: str = FSTYPE) -> bool:
@@ -104,16 +124,36 @@ def detach(mount_point: str, mount_id: int, connection: int, fstype: str = FSTYP
     return True
 
 
+def unannounced_mount(mount_point: str, fstype: str, before: set[int]) -> Mount | None:
+    """The daemon's mount when it died before telling us: the topmost mount of our type
+    at `mount_point` that was not there when the watchdog was started."""
+    mount = topmost(mount_point)
+    if mount is None or mount.fstype != fstype or mount.mount_id in before:
+        return None
+    return mount
+
+
 def main(argv: list[str]) -> int:
-    mount_point, mount_id, connection, fd = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    mount_point, fstype, before_arg, fd = argv[0], argv[1], argv[2], int(argv[3])
+    before = {int(m) for m in before_arg.split(",") if m.isdigit()}
     os.chdir("/")  # never keep the mount busy
+    told = b""
     while True:
         try:
-            if not os.read(fd, 1):
-                break
+            chunk = os.read(fd, 64)
         except InterruptedError:
             continue
-    if detach(mount_point, mount_id, connection):
+        if not chunk:
+            break
+        told += chunk
+    if told.strip():
+        mount_id, connection = (int(field) for field in told.split()[:2])
+    else:
+        mount = unannounced_mount(mount_point, fstype, before)
+        if mount is None:
+            return 0  # the daemon died before mounting, or its mount failed
+        mount_id, connection = mount.mount_id, mount.device_minor
+    if detach(mount_point, mount_id, connection, fstype):
         print(f"dpmsfs watchdog: daemon gone, detached {mount_point}", file=sys.stderr)
     return 0
 
