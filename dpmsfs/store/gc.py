@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from dpmsfs.store import schema
+from dpmsfs.store import evicted, schema
 from dpmsfs.store.db import ReadTxn, WriteTxn
 from dpmsfs.store.errors import ObjectNotFoundError, StoreError
 from dpmsfs.store.packs import RECORD, PackWriter, pack_path
@@ -126,7 +126,7 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
     """Delete the records of these snapshots (not pinned ones, not the newest), in one
     transaction; return the names really forgotten. Their space is reclaimed by the
     next `collect`. For the local budget and the sync work as well as for prune."""
-    store.db.declare(T_PINS)
+    store.db.declare(T_PINS, evicted.T_EVICTED)
 
     def body(txn: WriteTxn) -> list[str]:
         newest = None
@@ -139,6 +139,7 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
             if key == newest or txn.get(T_PINS, key) is not None:
                 continue
             if txn.delete(schema.T_SNAPSHOTS, key):
+                txn.delete(evicted.T_EVICTED, key)
                 done.append(name)
         return done
 
@@ -330,13 +331,18 @@ def collect(
     *,
     dry_run: bool = False,
     skip_snapshots: Collection[str] = (),
+    evict_snapshots: Collection[str] = (),
     repack_below: float = REPACK_BELOW,
     grace_timeout: float | None = 600.0,
 ) -> CollectStats:
     """Reclaim the space of every object no snapshot and no capture state refers to.
 
+    Snapshots in the ``local_evicted`` table (store/evicted.py: server-only, the local
+    budget) are roots of their *trees* only: the chunks only they name are swept.
+
     ``dry_run``: change nothing; count what would go, treating ``skip_snapshots`` as
-    already forgotten (so `dpmsfs prune --dry-run` can say what a prune would reclaim).
+    already forgotten and ``evict_snapshots`` as already server-only (so `dpmsfs prune
+    --dry-run` can say what a prune or an eviction would reclaim).
     """
     if store.readonly and not dry_run:
         raise StoreError(f"{store.path} is open read-only: cannot reclaim space")
@@ -348,8 +354,8 @@ def collect(
         if not dry_run:
             store.start_guard()
         try:
-            _collect(store, extra_roots, dry_run, set(skip_snapshots), repack_below,
-                     grace_timeout, stats)  # fmt: skip
+            _collect(store, extra_roots, dry_run, set(skip_snapshots), set(evict_snapshots),
+                     repack_below, grace_timeout, stats)  # fmt: skip
         finally:
             if not dry_run:
                 store.stop_guard()
@@ -365,6 +371,7 @@ def _collect(
     extra_roots: ExtraRoots | None,
     dry_run: bool,
     skip: set[str],
+    evict: set[str],
     repack_below: float,
     grace_timeout: float | None,
     stats: CollectStats,
@@ -372,18 +379,26 @@ def _collect(
     if not dry_run:
         _grace(store, grace_timeout)
     roots: list[bytes] = []
+    tree_roots: list[bytes] = []  # server-only snapshots: their trees stay, not their data
+    has_evicted = evicted.has_table(store)
     with store.db.read() as txn:  # one consistent view (see the module docstring, 3)
+        server_only = evict | (evicted.names_in(txn) if has_evicted else set())
         for key, value in txn.cursor_range(schema.T_SNAPSHOTS):
-            if key.decode() not in skip:
-                roots.append(bytes.fromhex(json.loads(value)["root_tree_id"]))
+            name = key.decode()
+            if name in skip:
+                continue
+            root = bytes.fromhex(json.loads(value)["root_tree_id"])
+            (tree_roots if name in server_only else roots).append(root)
         if extra_roots is not None:
             roots.extend(oid for oid in extra_roots(txn) if oid != _UNBUILT)
     roots.extend(leased_roots(store))  # after the records: see `lease`
     live: set[bytes] = set()
     _mark(store, roots, live)
+    trees: set[bytes] = set()  # kept, but their chunks are not (unless ``live`` has them)
+    _mark(store, tree_roots, trees, trees_only=True, skip=live)
     if not dry_run:
         _grace(store, grace_timeout)
-    dead = _candidates(store, live)
+    dead = {oid: loc for oid, loc in _candidates(store, live).items() if oid not in trees}
     if dry_run:
         stats.live_objects = len(live)
         stats.dead_objects = len(dead)
@@ -401,12 +416,29 @@ def _grace(store: Store, timeout: float | None) -> None:
         raise StoreError("a capture step did not finish in time; prune will try again later")
 
 
-def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
-    """Add ``roots`` and everything reachable from them to ``live``."""
-    stack = [oid for oid in roots if oid not in live]
+def mark_live(store: Store, roots: Iterable[bytes]) -> set[bytes]:
+    """Every object reachable from ``roots`` (for planning, e.g. the local budget's: no
+    guard, so the result is an estimate that a collection then makes safe)."""
+    live: set[bytes] = set()
+    _mark(store, (r for r in roots if r != _UNBUILT), live)
+    return live
+
+
+def _mark(
+    store: Store,
+    roots: Iterable[bytes],
+    live: set[bytes],
+    *,
+    trees_only: bool = False,
+    skip: Collection[bytes] = (),
+) -> None:
+    """Add ``roots`` and everything reachable from them to ``live``; with ``trees_only``
+    the trees alone (a server-only snapshot's), not descending below what ``skip`` (the
+    fully marked set) already holds: those subtrees are kept with their chunks anyway."""
+    stack = [oid for oid in roots if oid not in live and oid not in skip]
     while stack:
         oid = stack.pop()
-        if oid in live:
+        if oid in live or oid in skip:
             continue
         live.add(oid)
         # pending first, then the index: an object leaves the pending map only after
@@ -424,7 +456,7 @@ def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
                 f"cannot read tree {oid.hex()} ({exc}); nothing was swept: run dpmsfs verify"
             ) from None
         for entry in entries:
-            if entry.type in (EntryType.FILE, EntryType.DIR):
+            if entry.type == EntryType.DIR or (entry.type == EntryType.FILE and not trees_only):
                 stack.extend(c for c in entry.content if c not in live and c != _UNBUILT)
 
 
