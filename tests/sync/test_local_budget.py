@@ -199,7 +199,15 @@ def test_kill9_during_eviction_then_verify_clean(
     finally:
         mount.stop()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for delay in (0.35, 0.5, 0.65, 0.8, 1.0):
+    # kill at instants spread over what a whole run takes here (start-up, plan, mark,
+    # sweep, packs), timed by a dry run that does all but the writes
+    started = time.monotonic()
+    dry = run_cli("prune", "--config", str(cfg), str(workdir), "--budget", "1", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "server-only" in dry.stdout, dry.stdout
+    assert server_only(store_dir) == set()  # a dry run changes nothing
+    took = time.monotonic() - started
+    for delay in (took * f for f in (0.5, 0.7, 0.85, 1.0, 1.2)):
         proc = subprocess.Popen(
             [sys.executable, "-m", "dpmsfs.cli.main", "prune", "--config", str(cfg),
              str(workdir), "--budget", "1"],
