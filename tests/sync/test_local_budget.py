@@ -133,6 +133,10 @@ def test_daemon_evicts_oldest_confirmed_and_reads_fetch_from_server(
         assert result.returncode == 0, result.stdout + result.stderr
         for path, data in generations[0][1].items():
             assert (target / path).read_bytes() == data
+        # a drill of a server-only snapshot compares with the recorded chunk ids
+        drill = mount.cli("drill", "--snapshot", generations[0][0], "--json")
+        assert drill.returncode == 0, drill.stdout + drill.stderr
+        assert "chunk ids" in drill.stdout, drill.stdout
     finally:
         mount.stop()
 
