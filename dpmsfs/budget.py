@@ -128,8 +128,10 @@ def confirmed_candidates(store: Store) -> tuple[str, list[str], str]:
 
 def plan(store: Store, target_bytes: int) -> EvictionPlan:
     """The fewest oldest confirmed snapshots whose eviction brings live bytes to target."""
+    from dpmsfs.capture import state
     from dpmsfs.prune import captured_ids
 
+    store.db.declare(*state.ALL_TABLES)
     result = EvictionPlan()
     result.server, result.candidates, result.blocked = confirmed_candidates(store)
     chosen = set(result.candidates)
