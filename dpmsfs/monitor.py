@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from dpmsfs import report_extras
-from dpmsfs.alerts import AlertService
+from dpmsfs.alerts import STATE_FILE, AlertService
 from dpmsfs.config import Config
 from dpmsfs.errors import DpmsError
 
@@ -41,7 +41,8 @@ class Monitor:
         self.extras = extras
         context = {"workdir": str(config.workdir), "tool_id": config.tool_id,
                    "host": os.uname().nodename}  # fmt: skip
-        self.alerts = AlertService(config.alerts, context, self.report)
+        self.alerts = AlertService(config.alerts, context, self.report,
+                                   os.path.join(config.store, STATE_FILE))  # fmt: skip
         self.metrics_state: dict[str, Any] = {"listen": "", "error": ""}
 
     async def report(self) -> dict[str, Any]:
