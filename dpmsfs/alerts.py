@@ -308,9 +308,15 @@ class AlertService:
         context: dict[str, str],
         report: Callable[[], Awaitable[dict[str, Any]]],
         state_path: str | None = None,
+        inputs: Callable[[], object] | None = None,
     ) -> None:
+        """``inputs()``: a cheap signature of what the report reads that can change
+        between rebuilds (e.g. the mtimes of recorded results); a change rebuilds it."""
         self.settings = settings
         self.report = report
+        self.inputs = inputs
+        self._cached: tuple[float, object, dict[str, Any]] | None = None
+        self.rebuilds = 0
         self.tracker = AlertTracker(state_path)
         self.tracker.load()
         self.notifier = Notifier(settings, context)
@@ -319,12 +325,12 @@ class AlertService:
     def section(self) -> dict[str, Any]:
         """The `alerts` section of the status report."""
         return {"active": [a.to_dict() for a in self.tracker.active.values()],
-                "evaluations": self.evaluations}  # fmt: skip
+                "evaluations": self.evaluations, "report_rebuilds": self.rebuilds}  # fmt: skip
 
     async def evaluate_once(self) -> list[AlertEvent]:
         import trio
 
-        report = await self.report()
+        report = await self._report()
         now = time.time_ns()
         events = self.tracker.update(evaluate(report, self.settings, now), now)
         self.evaluations += 1
@@ -338,6 +344,24 @@ class AlertService:
         if events:
             await trio.to_thread.run_sync(self.tracker.save)
         return events
+
+    async def _report(self) -> dict[str, Any]:
+        """The report to evaluate: the cached one while it is younger than
+        ``report_max_age_seconds`` and its inputs are unchanged (time-based rules still
+        see the time of each evaluation)."""
+        signature = self.inputs() if self.inputs is not None else None
+        now = time.monotonic()
+        cached = self._cached
+        if (
+            cached is not None
+            and now - cached[0] < self.settings.report_max_age_seconds
+            and cached[1] == signature
+        ):
+            return cached[2]
+        report = await self.report()
+        self._cached = (now, signature, report)
+        self.rebuilds += 1
+        return report
 
     async def run(self) -> None:
         import trio
