@@ -118,6 +118,7 @@ def prune(
     now_ns: int | None = None,
     budget: LocalBudget | None = None,
     budget_bytes: int | None = None,
+    progress: gc.Progress | None = None,
 ) -> PruneResult:
     """Forget what the policy does not keep, make the oldest confirmed snapshots
     server-only while the store is over its local ``budget`` (budget.py; ``budget_bytes``
@@ -144,6 +145,7 @@ def prune(
                 dry_run=True,
                 skip_snapshots=doomed,
                 evict_snapshots=result.eviction.evicted if result.eviction else (),
+                progress=progress,
             )
         else:
             result.forgotten = gc.forget_snapshots(store, doomed)
@@ -154,7 +156,7 @@ def prune(
                 result.eviction = local_budget.decide(
                     store, budget or LocalBudget(), result.started_ns, False, budget_bytes
                 )
-            result.collect = gc.collect(store, captured_ids)
+            result.collect = gc.collect(store, captured_ids, progress=progress)
             if result.eviction is not None:
                 result.eviction.used_bytes_after = local_budget.measure(
                     store, budget or LocalBudget()

@@ -15,6 +15,7 @@ from typing import Any
 
 from dpmsfs import control, mountinfo
 from dpmsfs.cli.common import add_workdir_arguments, human_bytes, load_config
+from dpmsfs.cli.progress import PhaseProgress, wanted
 from dpmsfs.config import Config
 from dpmsfs.store.evicted import parse_size
 from dpmsfs.store.retention import COUNT_RULES, Policy, with_overrides
@@ -62,7 +63,8 @@ def run_prune(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     policy = with_overrides(cfg.retention, overrides(args))
     budget_bytes = parse_size(args.budget) if args.budget is not None else None
-    result = apply(cfg, policy, args.dry_run, overrides(args), budget_bytes)
+    result = apply(cfg, policy, args.dry_run, overrides(args), budget_bytes,
+                   show_progress=wanted(args.json))  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -76,7 +78,10 @@ def apply(
     dry_run: bool,
     given: dict[str, Any],
     budget_bytes: int | None = None,
+    show_progress: bool = False,
 ) -> dict[str, Any]:
+    """Through the daemon when it runs (no progress bar then: the reply comes at the end),
+    else here, with a bar per phase on a terminal (cli/progress.py)."""
     if mountinfo.is_dpmsfs_mount(cfg.workdir):
         request = {"cmd": "prune", "dry_run": dry_run, "overrides": given,
                    "budget_bytes": budget_bytes}  # fmt: skip
@@ -88,8 +93,10 @@ def apply(
 
     store = open_store_writable(cfg)
     try:
-        return prune.prune(store, policy, dry_run, budget=cfg.local_budget,
-                           budget_bytes=budget_bytes).as_dict()  # fmt: skip
+        with PhaseProgress(show_progress) as bar:
+            done = prune.prune(store, policy, dry_run, budget=cfg.local_budget,
+                               budget_bytes=budget_bytes, progress=bar.update)  # fmt: skip
+        return done.as_dict()
     finally:
         store.close()
 

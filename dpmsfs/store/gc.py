@@ -71,6 +71,12 @@ REPACK_BELOW = 0.5
 _UNBUILT = bytes(16)  # a directory in the capture state whose tree is not built yet
 
 ExtraRoots = Callable[[ReadTxn], Iterable[bytes]]
+Progress = Callable[[str, int, int], None]
+"""progress(phase, done, total): phases "mark" (total -1: unknown), "sweep", "packs"."""
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
 
 
 class CollectionAbortedError(StoreError):
@@ -334,6 +340,7 @@ def collect(
     evict_snapshots: Collection[str] = (),
     repack_below: float = REPACK_BELOW,
     grace_timeout: float | None = 600.0,
+    progress: Progress | None = None,
 ) -> CollectStats:
     """Reclaim the space of every object no snapshot and no capture state refers to.
 
@@ -355,7 +362,7 @@ def collect(
             store.start_guard()
         try:
             _collect(store, extra_roots, dry_run, set(skip_snapshots), set(evict_snapshots),
-                     repack_below, grace_timeout, stats)  # fmt: skip
+                     repack_below, grace_timeout, stats, progress or _no_progress)  # fmt: skip
         finally:
             if not dry_run:
                 store.stop_guard()
@@ -375,6 +382,7 @@ def _collect(
     repack_below: float,
     grace_timeout: float | None,
     stats: CollectStats,
+    progress: Progress,
 ) -> None:
     if not dry_run:
         _grace(store, grace_timeout)
@@ -393,9 +401,10 @@ def _collect(
             roots.extend(oid for oid in extra_roots(txn) if oid != _UNBUILT)
     roots.extend(leased_roots(store))  # after the records: see `lease`
     live: set[bytes] = set()
-    _mark(store, roots, live)
+    _mark(store, roots, live, progress=progress)
     trees: set[bytes] = set()  # kept, but their chunks are not (unless ``live`` has them)
     _mark(store, tree_roots, trees, trees_only=True, skip=live)
+    progress("mark", len(live) + len(trees), -1)
     if not dry_run:
         _grace(store, grace_timeout)
     dead = {oid: loc for oid, loc in _candidates(store, live).items() if oid not in trees}
@@ -405,9 +414,9 @@ def _collect(
         stats.dead_bytes = sum(loc.stored_length for loc in dead.values())
         stats.reclaimed_bytes = stats.dead_bytes
         return
-    _sweep(store, dead, live, stats)
+    _sweep(store, dead, live, stats, progress)
     stats.live_objects = len(live)
-    _reclaim_packs(store, repack_below, stats)
+    _reclaim_packs(store, repack_below, stats, progress)
     _remove_garbage(store, stats)
 
 
@@ -431,6 +440,7 @@ def _mark(
     *,
     trees_only: bool = False,
     skip: Collection[bytes] = (),
+    progress: Progress = _no_progress,
 ) -> None:
     """Add ``roots`` and everything reachable from them to ``live``; with ``trees_only``
     the trees alone (a server-only snapshot's), not descending below what ``skip`` (the
@@ -441,6 +451,8 @@ def _mark(
         if oid in live or oid in skip:
             continue
         live.add(oid)
+        if len(live) % 4096 == 0:
+            progress("mark", len(live), -1)
         # pending first, then the index: an object leaves the pending map only after
         # its index commit, so one of the two sees it (unless it is still being written
         # or its write failed: that span's references are covered by the grace periods)
@@ -466,10 +478,15 @@ def _candidates(store: Store, live: set[bytes]) -> dict[bytes, ObjectLocation]:
 
 
 def _sweep(
-    store: Store, dead: dict[bytes, ObjectLocation], live: set[bytes], stats: CollectStats
+    store: Store,
+    dead: dict[bytes, ObjectLocation],
+    live: set[bytes],
+    stats: CollectStats,
+    progress: Progress = _no_progress,
 ) -> None:
     ids = list(dead)
     for first in range(0, len(ids), SWEEP_BATCH):
+        progress("sweep", first, len(ids))
         batch = ids[first : first + SWEEP_BATCH]
         while True:
             # mark what writers guarded meanwhile (outside the lock: it reads trees)
@@ -487,6 +504,7 @@ def _sweep(
             break
         stats.dead_objects += removed[0]
         stats.dead_bytes += removed[1]
+    progress("sweep", len(ids), len(ids))
 
 
 def _delete_entries(
@@ -524,7 +542,9 @@ def _scan_objects(store: Store) -> Iterator[tuple[bytes, ObjectLocation]]:
             return
 
 
-def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> None:
+def _reclaim_packs(
+    store: Store, repack_below: float, stats: CollectStats, progress: Progress = _no_progress
+) -> None:
     """Delete packs with no live record; rewrite packs less than ``repack_below`` alive.
 
     Two passes over the index: per-pack totals first (small), then the entries of the
@@ -543,7 +563,8 @@ def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> No
                 txn.delete(schema.T_PACKS, pack_id)
 
         store.db.transact(drop)  # the index first, then the files (a crash: garbage)
-        for pack_id in empty:
+        for n, pack_id in enumerate(empty):
+            progress("packs", n, len(empty))
             stats.reclaimed_bytes += _delete_pack_file(store, pack_id)
             stats.packs_deleted += 1
     sparse = {p for p, info in packs.items() if 0 < live_bytes.get(p, 0) < repack_below * info.size}
