@@ -68,11 +68,59 @@ class AlertEvent:
         }
 
 
-class AlertTracker:
-    """The alerts active after the last evaluation; `update` returns what changed."""
+STATE_FILE = "alerts-state.json"
+"""Beside the store: JSON ``{"version": 1, "active": [Alert.to_dict(), ...]}``, the alerts
+active after the last evaluation whose events were handed to delivery. Read at start so
+a restarted daemon with the same alert still active does not fire it again (and one that
+cleared while it was down fires "cleared")."""
 
-    def __init__(self) -> None:
+
+class AlertTracker:
+    """The alerts active after the last evaluation; `update` returns what changed.
+
+    With ``state_path``, the active set survives a daemon restart: `load` at start,
+    `save` (temp, fsync, rename) after the events of an update went to delivery, so a
+    crash between the two fires an event again rather than never (at least once).
+    """
+
+    def __init__(self, state_path: str | None = None) -> None:
         self.active: dict[str, Alert] = {}
+        self.state_path = state_path
+        self._saved: dict[str, Alert] | None = None
+
+    def load(self) -> None:
+        if self.state_path is None:
+            return
+        try:
+            with open(self.state_path, encoding="utf-8") as f:
+                doc = json.load(f)
+            alerts = [
+                Alert(str(a["name"]), str(a["severity"]), str(a["message"]), int(a["since"]))
+                for a in doc.get("active", [])
+            ]
+            self.active = {a.name: a for a in alerts}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable alert state %s: %s", self.state_path, exc)
+            self.active = {}
+        self._saved = dict(self.active)
+
+    def save(self) -> None:
+        if self.state_path is None or self._saved == self.active:
+            return
+        doc = {"version": 1, "active": [a.to_dict() for a in self.active.values()]}
+        tmp = self.state_path + ".tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(doc, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_path)
+        except OSError as exc:  # a full disk: alerts go on, a restart may fire again
+            log.warning("cannot save alert state %s: %s", self.state_path, exc)
+            return
+        self._saved = dict(self.active)
 
     def update(self, result: Health, now_ns: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -259,22 +307,30 @@ class AlertService:
         settings: AlertSettings,
         context: dict[str, str],
         report: Callable[[], Awaitable[dict[str, Any]]],
+        state_path: str | None = None,
+        inputs: Callable[[], object] | None = None,
     ) -> None:
+        """``inputs()``: a cheap signature of what the report reads that can change
+        between rebuilds (e.g. the mtimes of recorded results); a change rebuilds it."""
         self.settings = settings
         self.report = report
-        self.tracker = AlertTracker()
+        self.inputs = inputs
+        self._cached: tuple[float, object, dict[str, Any]] | None = None
+        self.rebuilds = 0
+        self.tracker = AlertTracker(state_path)
+        self.tracker.load()
         self.notifier = Notifier(settings, context)
         self.evaluations = 0
 
     def section(self) -> dict[str, Any]:
         """The `alerts` section of the status report."""
         return {"active": [a.to_dict() for a in self.tracker.active.values()],
-                "evaluations": self.evaluations}  # fmt: skip
+                "evaluations": self.evaluations, "report_rebuilds": self.rebuilds}  # fmt: skip
 
     async def evaluate_once(self) -> list[AlertEvent]:
         import trio
 
-        report = await self.report()
+        report = await self._report()
         now = time.time_ns()
         events = self.tracker.update(evaluate(report, self.settings, now), now)
         self.evaluations += 1
@@ -285,7 +341,27 @@ class AlertService:
             # Abandoned on cancel: a stop of the daemon must not wait for a webhook's
             # retries (the thread finishes or dies with the process).
             await trio.to_thread.run_sync(self.notifier.deliver, events, abandon_on_cancel=True)
+        if events:
+            await trio.to_thread.run_sync(self.tracker.save)
         return events
+
+    async def _report(self) -> dict[str, Any]:
+        """The report to evaluate: the cached one while it is younger than
+        ``report_max_age_seconds`` and its inputs are unchanged (time-based rules still
+        see the time of each evaluation)."""
+        signature = self.inputs() if self.inputs is not None else None
+        now = time.monotonic()
+        cached = self._cached
+        if (
+            cached is not None
+            and now - cached[0] < self.settings.report_max_age_seconds
+            and cached[1] == signature
+        ):
+            return cached[2]
+        report = await self.report()
+        self._cached = (now, signature, report)
+        self.rebuilds += 1
+        return report
 
     async def run(self) -> None:
         import trio

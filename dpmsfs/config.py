@@ -25,6 +25,8 @@ Example (/etc/dpmsfs/data-tool.toml)::
     keep_weekly = 26
     keep_monthly = 24
     pin_labels = ["release"]                # besides every "pre-restore" snapshot
+    local_budget_percent = 70               # data the server holds leaves the store first
+    local_free_floor_percent = 15           # ... also when the store disk is this full
 
     [alerts]                                # rules and hooks: dpmsfs/health.py
     store_free_warning_percent = 20
@@ -44,6 +46,7 @@ from typing import Any
 
 from dpmsfs.errors import UsageError
 from dpmsfs.health import AlertSettings
+from dpmsfs.store.evicted import LocalBudget
 from dpmsfs.store.retention import DEFAULT_POLICY, Policy, policy_from_config
 
 DEFAULT_EXCLUDES = ("*.tmp", "*.swp", "*~", "core", "core.[0-9]*", ".nfs*")
@@ -71,6 +74,8 @@ class Config:
     sync_snapshot_idle_seconds: float = 5.0  # snapshot this long after capture went idle
     sync_snapshot_min_seconds: float = 30.0  # ... but at most one per this many seconds
     retention: Policy = DEFAULT_POLICY
+    # [retention] local_* keys (store/evicted.py)
+    local_budget: LocalBudget = field(default_factory=LocalBudget)
     prune_interval_hours: float = 24.0
     drill_interval_days: float = 30.0  # restore drills from the server (0: never; needs server)
     metrics_listen: str = ""  # HOST:PORT for Prometheus /metrics; "" = off
@@ -186,7 +191,7 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
             raise UsageError(f"{path}: configuration file not found") from None
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"{path}: cannot read configuration: {exc}") from None
-    known = {f.name for f in fields(Config)} - {"workdir"}
+    known = {f.name for f in fields(Config)} - {"workdir", "local_budget"}
     unknown = set(values) - known
     if unknown:
         raise UsageError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -197,6 +202,7 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
     if "retention" in values:
         if not isinstance(values["retention"], dict):
             raise UsageError(f"{path}: retention must be a table ([retention])")
+        values["local_budget"] = LocalBudget.from_table(values["retention"], f"{path}: [retention]")
         values["retention"] = policy_from_config(values["retention"], f"{path}: [retention]")
     if "alerts" in values:
         values["alerts"] = AlertSettings.from_table(values["alerts"], path)

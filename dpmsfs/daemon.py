@@ -153,7 +153,8 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         sync = start_sync(config, store, engine)
         if sync is not None:
             stack.callback(sync.backend.close)
-        pruner = PruneService(store, config.retention, config.prune_interval_hours, clock)
+        pruner = PruneService(store, config.retention, config.prune_interval_hours, clock,
+                              config.local_budget)  # fmt: skip
 
         async def base_report() -> dict[str, Any]:
             # LMDB reads and stats of pending files: never on the FUSE loop's thread.
@@ -162,7 +163,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             report["sync"] = {"enabled": False}
             if sync is not None:
                 report["sync"] = await trio.to_thread.run_sync(sync.report, report["pending_files"])
-            report["prune"] = pruner.status()
+            report["prune"] = await trio.to_thread.run_sync(pruner.status)  # LMDB, statvfs
             report["fuse"] = dict(live)
             return report
 
@@ -186,7 +187,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         async def prune_request(request: dict[str, Any]) -> dict[str, Any]:
             policy = with_overrides(config.retention, dict(request.get("overrides") or {}))
             dry_run = bool(request.get("dry_run"))
-            result = await trio.to_thread.run_sync(pruner.run_now, policy, dry_run)
+            budget = request.get("budget_bytes")
+            budget_bytes = int(budget) if isinstance(budget, int) and budget >= 0 else None
+            result = await trio.to_thread.run_sync(pruner.run_now, policy, dry_run, budget_bytes)
             return {"prune": result.as_dict()}
 
         async def pin_request(request: dict[str, Any]) -> dict[str, Any]:
@@ -266,8 +269,8 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             server_arguments(config.server, config.tool_id, config.token_file, config.tls_ca),
         )
         services: list[Service] = [
-            engine.run, control, view.run, pruner.run, monitor.run_alerts, monitor.run_metrics,
-            drills.run,
+            engine.run, control, view.run, pruner.run, pruner.watch_space, monitor.run_alerts,
+            monitor.run_metrics, drills.run,
         ]  # fmt: skip
         if sync is not None:
             services.append(sync.run)

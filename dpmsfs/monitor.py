@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from dpmsfs import report_extras
-from dpmsfs.alerts import AlertService
+from dpmsfs.alerts import STATE_FILE, AlertService
 from dpmsfs.config import Config
 from dpmsfs.errors import DpmsError
 
@@ -41,7 +41,9 @@ class Monitor:
         self.extras = extras
         context = {"workdir": str(config.workdir), "tool_id": config.tool_id,
                    "host": os.uname().nodename}  # fmt: skip
-        self.alerts = AlertService(config.alerts, context, self.report)
+        self.alerts = AlertService(config.alerts, context, self.report,
+                                   os.path.join(config.store, STATE_FILE),
+                                   self._recorded_results)  # fmt: skip
         self.metrics_state: dict[str, Any] = {"listen": "", "error": ""}
 
     async def report(self) -> dict[str, Any]:
@@ -59,6 +61,19 @@ class Monitor:
         if self.metrics_state["listen"] or self.metrics_state["error"]:
             report["metrics"] = dict(self.metrics_state)
         return report
+
+    def _recorded_results(self) -> tuple[int, ...]:
+        """Mtimes of the results other processes record beside the store (a verify, a
+        drill): a new one makes the alerts rebuild their report at once."""
+        from dpmsfs.browse.drill import DRILL_FILE
+
+        stamps = []
+        for name in (report_extras.VERIFY_FILE, DRILL_FILE):
+            try:
+                stamps.append(os.stat(os.path.join(self.config.store, name)).st_mtime_ns)
+            except OSError:
+                stamps.append(0)
+        return tuple(stamps)
 
     async def run_alerts(self) -> None:
         await self.alerts.run()

@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from dpmsfs import budget as local_budget
 from dpmsfs.capture import state
 from dpmsfs.capture.snapshotter import META_LAST_ROOT
 from dpmsfs.errors import NotFoundError
 from dpmsfs.store import gc
 from dpmsfs.store.db import ReadTxn
 from dpmsfs.store.errors import StoreError
+from dpmsfs.store.evicted import LocalBudget
 from dpmsfs.store.retention import (
     Candidate,
     Decision,
@@ -63,11 +65,16 @@ class PruneResult:
     collect: gc.CollectStats = field(default_factory=gc.CollectStats)
     store_bytes_before: int = 0
     store_bytes_after: int = 0
+    eviction: local_budget.EvictionResult | None = None
     error: str = ""
 
     def summary(self) -> dict[str, Any]:
         """What `dpmsfs status` shows of it (small: no per-snapshot list)."""
+        ev = self.eviction
         return {
+            "evicted_snapshots": len(ev.evicted) if ev else 0,
+            "budget_reason": ev.reason if ev else "",
+            "budget_blocked": ev.blocked if ev else "",
             "time_ns": self.started_ns,
             "dry_run": self.dry_run,
             "policy": self.policy,
@@ -89,6 +96,7 @@ class PruneResult:
             "collect": self.collect.as_dict(),
             "store_bytes_before": self.store_bytes_before,
             "store_bytes_after": self.store_bytes_after,
+            "eviction": self.eviction.as_dict() if self.eviction else None,
         }
 
 
@@ -104,9 +112,17 @@ def plan(store: Store, policy: Policy) -> tuple[list[Decision], dict[str, list[P
 
 
 def prune(
-    store: Store, policy: Policy, dry_run: bool = False, now_ns: int | None = None
+    store: Store,
+    policy: Policy,
+    dry_run: bool = False,
+    now_ns: int | None = None,
+    budget: LocalBudget | None = None,
+    budget_bytes: int | None = None,
+    progress: gc.Progress | None = None,
 ) -> PruneResult:
-    """Forget what the policy does not keep, then reclaim the space.
+    """Forget what the policy does not keep, make the oldest confirmed snapshots
+    server-only while the store is over its local ``budget`` (budget.py; ``budget_bytes``
+    overrides the cap for this run), then reclaim the space in one collection.
 
     Raises what goes wrong (after recording it for status unless ``dry_run``).
     """
@@ -119,13 +135,32 @@ def prune(
         if dry_run:
             result.forgotten = doomed
             result.trimmed = {n: [r.pattern for r in rules] for n, rules in due.items()}
-            result.collect = gc.collect(store, captured_ids, dry_run=True, skip_snapshots=doomed)
+            if budget is not None or budget_bytes is not None:
+                result.eviction = local_budget.decide(
+                    store, budget or LocalBudget(), result.started_ns, True, budget_bytes
+                )
+            result.collect = gc.collect(
+                store,
+                captured_ids,
+                dry_run=True,
+                skip_snapshots=doomed,
+                evict_snapshots=result.eviction.evicted if result.eviction else (),
+                progress=progress,
+            )
         else:
             result.forgotten = gc.forget_snapshots(store, doomed)
             for name, rules in due.items():
                 if gc.rewrite_without(store, name, [PathMatcher(r.pattern) for r in rules]):
                     result.trimmed[name] = [r.pattern for r in rules]
-            result.collect = gc.collect(store, captured_ids)
+            if budget is not None or budget_bytes is not None:
+                result.eviction = local_budget.decide(
+                    store, budget or LocalBudget(), result.started_ns, False, budget_bytes
+                )
+            result.collect = gc.collect(store, captured_ids, progress=progress)
+            if result.eviction is not None:
+                result.eviction.used_bytes_after = local_budget.measure(
+                    store, budget or LocalBudget()
+                ).used_bytes
         result.store_bytes_after = store.stats().stored_bytes
     except Exception as exc:
         result.error = str(exc)
@@ -186,9 +221,17 @@ class PruneService:
     error); the work runs on a worker thread at background priority.
     """
 
-    def __init__(self, store: Store, policy: Policy, interval_hours: float, clock: Any) -> None:
+    def __init__(
+        self,
+        store: Store,
+        policy: Policy,
+        interval_hours: float,
+        clock: Any,
+        budget: LocalBudget | None = None,
+    ) -> None:
         self.store = store
         self.policy = policy
+        self.budget = budget or LocalBudget()
         self.interval_s = interval_hours * 3600
         self.clock = clock
         self.running = False
@@ -196,7 +239,9 @@ class PruneService:
         self.last_error = ""
         self.next_due: float | None = None
 
-    def run_now(self, policy: Policy | None = None, dry_run: bool = False) -> PruneResult:
+    def run_now(
+        self, policy: Policy | None = None, dry_run: bool = False, budget_bytes: int | None = None
+    ) -> PruneResult:
         """Blocking: call on a worker thread."""
         from dpmsfs.capture import priority
         from dpmsfs.errors import BusyError
@@ -206,7 +251,8 @@ class PruneService:
         self.running = True
         try:
             with priority.background():
-                result = prune(self.store, policy or self.policy, dry_run, self.clock.now_ns())
+                result = prune(self.store, policy or self.policy, dry_run, self.clock.now_ns(),
+                               self.budget, budget_bytes)  # fmt: skip
             if not dry_run:
                 self.last, self.last_error = result.summary(), ""
             return result
@@ -244,9 +290,43 @@ class PruneService:
                 log.warning("scheduled prune failed: %s", exc)
                 retry = min(3600.0, self.interval_s)  # again in an hour, not an interval
 
+    async def watch_space(self) -> None:
+        """Apply the budget as soon as the store passes it or the store disk's free space
+        falls below the floor, not only on the schedule: a `statvfs` and one read of the
+        ``packs`` table every ``check_seconds`` on a worker thread, off the I/O path. After
+        a run, at least five checks pass before the next (a budget nothing can meet, with
+        the server down, is not retried in a loop; status says why)."""
+        import trio
+
+        if not self.budget.enabled or self.budget.check_seconds <= 0:
+            return
+        quiet_until = 0.0
+        while True:
+            await trio.sleep(self.budget.check_seconds)
+            if self.running or self.clock.monotonic() < quiet_until:
+                continue
+            try:
+                usage = await trio.to_thread.run_sync(local_budget.measure, self.store,
+                                                      self.budget)  # fmt: skip
+                if usage.target_bytes is None:
+                    continue
+                log.info("local budget: %s; pruning now", usage.reason)
+                quiet_until = self.clock.monotonic() + 5 * self.budget.check_seconds
+                await trio.to_thread.run_sync(self.run_now)
+            except Exception as exc:  # recorded for status by run_now; the watch goes on
+                log.warning("budget prune failed: %s", exc)
+
     def status(self) -> dict[str, Any]:
         last = self.last or {}
+        try:
+            budget = local_budget.status(self.store, self.budget)
+        except (OSError, StoreError) as exc:
+            budget = {"budget": self.budget.describe(), "error": str(exc)}
+        budget["last_evicted_snapshots"] = last.get("evicted_snapshots", 0)
+        budget["blocked"] = last.get("budget_blocked", "")
+        budget["last_reason"] = last.get("budget_reason", "")
         return {
+            "local_budget": budget,
             "policy": self.policy.describe(),
             "interval_hours": self.interval_s / 3600,
             "running": self.running,

@@ -17,6 +17,7 @@ to the server for the fleet page.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,8 @@ from chunker.ids import chunk_id
 from dpmsfs.browse.reader import SnapshotReader, display
 from dpmsfs.browse.source import RemoteSource
 from dpmsfs.errors import DpmsError
+from dpmsfs.store import evicted, gc
+from dpmsfs.store.errors import StoreError
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType, TreeEntry
 
@@ -110,7 +113,13 @@ def run_drill(
         files = sample_files(remote_reader, record.root_tree_id, sample, rng)
     except DpmsError as exc:
         return DrillResult(False, now_ns, snapshot or "", message=f"server: {exc}")
+    lease = contextlib.ExitStack()  # the local copy compared with stays while compared
     local_root = _local_root(local, name)
+    if local is not None and local_root is not None:
+        try:
+            lease.enter_context(gc.lease(local, name))
+        except StoreError:  # forgotten by a prune just now: compare with the chunk ids
+            local_root = None
     scratch = Path(tempfile.mkdtemp(prefix="dpmsfs-drill-", dir=scratch_parent))
     result = DrillResult(True, now_ns, name)
     used: set[str] = set()
@@ -136,6 +145,7 @@ def run_drill(
             target.unlink()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        lease.close()
     result.seconds = time.monotonic() - started
     result.compared_with = " and ".join(sorted(used))
     result.ok = not result.mismatches
@@ -152,7 +162,9 @@ def _local_root(local: Store | None, name: str) -> bytes | None:
     if local is None:
         return None
     record = local.get_snapshot(name)
-    return None if record is None else record.root_tree_id
+    if record is None or evicted.is_evicted(local, name):
+        return None  # not (or no longer all) local: compare with the recorded chunk ids
+    return record.root_tree_id
 
 
 def _restore_one(reader: SnapshotReader, entry: TreeEntry, target: Path) -> list[int]:

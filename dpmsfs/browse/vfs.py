@@ -20,6 +20,7 @@ share one inode number, as they did when captured.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
 import logging
 import os
@@ -32,7 +33,8 @@ from typing import Literal, NamedTuple
 
 from dpmsfs.browse.source import RemoteSource
 from dpmsfs.errors import DpmsError
-from dpmsfs.store.errors import StoreError
+from dpmsfs.store import gc
+from dpmsfs.store.errors import ObjectNotFoundError, StoreError
 from dpmsfs.store.schema import ObjectLocation
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
@@ -128,6 +130,8 @@ class OpenFile:
         self.fetched = fetched or {}  # chunk index -> content fetched at open
         self.lock = threading.Lock()
         self.chunks: OrderedDict[int, _ChunkSlot] = OrderedDict()
+        # the snapshot's prune lease (gc.lease), held from open to release
+        self.lease = contextlib.ExitStack()
 
 
 class ReadOnly(OSError):
@@ -305,6 +309,21 @@ class SnapshotTree:
         entry = node.entry
         if entry is None or entry.type != EntryType.FILE:
             raise IsADirectoryError(errno.EISDIR, "not a regular file")
+        lease = contextlib.ExitStack()
+        if node.snapshot is not None:  # a prune meanwhile keeps what this file reads
+            try:
+                lease.enter_context(gc.lease(self.store, node.snapshot.name))
+            except ObjectNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "snapshot just removed by a prune") from None
+        try:
+            fh = self._open_leased(entry)
+        except BaseException:
+            lease.close()
+            raise
+        self._files[fh].lease = lease
+        return fh
+
+    def _open_leased(self, entry: TreeEntry) -> int:
         offsets = [0]
         locations: list[ObjectLocation | None] = []
         fetched: dict[int, bytes] = {}
@@ -414,4 +433,6 @@ class SnapshotTree:
         return data
 
     def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None:
+            handle.lease.close()

@@ -15,7 +15,9 @@ from typing import Any
 
 from dpmsfs import control, mountinfo
 from dpmsfs.cli.common import add_workdir_arguments, human_bytes, load_config
+from dpmsfs.cli.progress import PhaseProgress, wanted
 from dpmsfs.config import Config
+from dpmsfs.store.evicted import parse_size
 from dpmsfs.store.retention import COUNT_RULES, Policy, with_overrides
 
 
@@ -40,6 +42,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DURATION",
         help="keep every snapshot this close to the newest one (48h, 30d, 2w, 1y6m)",
     )
+    parser.add_argument(
+        "--budget",
+        metavar="SIZE",
+        help="local budget for this run (500M, 40G, 2T): the oldest snapshots the server "
+        "confirmed become server-only until the store is under it ([retention] "
+        "local_budget_* otherwise)",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.set_defaults(run=run_prune)
 
@@ -53,7 +62,9 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 def run_prune(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     policy = with_overrides(cfg.retention, overrides(args))
-    result = apply(cfg, policy, args.dry_run, overrides(args))
+    budget_bytes = parse_size(args.budget) if args.budget is not None else None
+    result = apply(cfg, policy, args.dry_run, overrides(args), budget_bytes,
+                   show_progress=wanted(args.json))  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -61,9 +72,19 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-def apply(cfg: Config, policy: Policy, dry_run: bool, given: dict[str, Any]) -> dict[str, Any]:
+def apply(
+    cfg: Config,
+    policy: Policy,
+    dry_run: bool,
+    given: dict[str, Any],
+    budget_bytes: int | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """Through the daemon when it runs (no progress bar then: the reply comes at the end),
+    else here, with a bar per phase on a terminal (cli/progress.py)."""
     if mountinfo.is_dpmsfs_mount(cfg.workdir):
-        request = {"cmd": "prune", "dry_run": dry_run, "overrides": given}
+        request = {"cmd": "prune", "dry_run": dry_run, "overrides": given,
+                   "budget_bytes": budget_bytes}  # fmt: skip
         reply = control.call(cfg.control_socket, request, timeout=None)
         result: dict[str, Any] = reply["prune"]
         return result
@@ -72,7 +93,10 @@ def apply(cfg: Config, policy: Policy, dry_run: bool, given: dict[str, Any]) -> 
 
     store = open_store_writable(cfg)
     try:
-        return prune.prune(store, policy, dry_run).as_dict()
+        with PhaseProgress(show_progress) as bar:
+            done = prune.prune(store, policy, dry_run, budget=cfg.local_budget,
+                               budget_bytes=budget_bytes, progress=bar.update)  # fmt: skip
+        return done.as_dict()
     finally:
         store.close()
 
@@ -96,6 +120,15 @@ def render(r: dict[str, Any]) -> str:
     for name, patterns in r["trimmed"].items():
         word = "would trim" if r["dry_run"] else "trimmed"
         lines.append(f"{word} {name}: without {', '.join(patterns)}")
+    ev = r.get("eviction")
+    if ev:
+        word = "would become" if r["dry_run"] else "now"
+        for name in ev["evicted"]:
+            lines.append(f"server-only {name:<22} ({word} server-only: data on {ev['server']})")
+        if ev["reason"]:
+            lines.append(f"local budget ({ev['budget']}): {ev['reason']}")
+        if ev["blocked"]:
+            lines.append(f"local budget: cannot meet it: {ev['blocked']}")
     c = r["collect"]
     reclaimed = human_bytes(c["reclaimed_bytes"])
     lines.append(

@@ -150,6 +150,13 @@ def _restore_here(
 
     store = open_store_readonly(cfg)
     remote = _configured_server(cfg)
+    if remote is None and _server_only(store, record.name):
+        store.close()
+        raise UnavailableError(
+            f"snapshot {record.name} is server-only (its data left the local store under "
+            "the local budget) and no server is configured: set server and token_file, "
+            "or restore with --from-server"
+        )
     source = StoreSource(store) if remote is None else LocalThenRemote(StoreSource(store), remote)
     try:
         with gc.lease(store, record.name):  # a prune meanwhile keeps the snapshot's objects
@@ -169,6 +176,12 @@ def _restore_here(
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return _report(dataclasses.asdict(stats), record.name, str(target))
+
+
+def _server_only(store: Any, name: str) -> bool:
+    from dpmsfs.store import evicted
+
+    return evicted.is_evicted(store, name)
 
 
 def _configured_server(cfg: Config) -> RemoteSource | None:

@@ -129,9 +129,14 @@ def offline_report(cfg: Any) -> dict[str, Any]:
         for record in store.list_snapshots():
             last = record.name
         stats = store.stats()
+        from dpmsfs import budget
         from dpmsfs.prune import last_result
 
         last_prune = last_result(store) or {}
+        local_budget = budget.status(store, cfg.local_budget)
+        local_budget["last_evicted_snapshots"] = last_prune.get("evicted_snapshots", 0)
+        local_budget["blocked"] = last_prune.get("budget_blocked", "")
+        local_budget["last_reason"] = last_prune.get("budget_reason", "")
     finally:
         store.close()
     report = {
@@ -146,6 +151,7 @@ def offline_report(cfg: Any) -> dict[str, Any]:
         "store_objects": stats.objects,
         "store_bytes": stats.stored_bytes,
         "prune": {
+            "local_budget": local_budget,
             "policy": cfg.retention.describe(),
             "running": False,
             "last_time_ns": last_prune.get("time_ns", 0),
@@ -224,6 +230,16 @@ def render(r: dict[str, Any]) -> str:
         if prune["last_error"]:
             line += f"; FAILED: {prune['last_error']}"
         lines.append(f"prune           {line} (policy: {prune['policy']})")
+        lb = prune.get("local_budget")
+        if lb and "used_bytes" in lb:
+            cap = human_bytes(lb["cap_bytes"]) if lb["cap_bytes"] is not None else "no cap"
+            text = (f"{human_bytes(lb['used_bytes'])} used of {cap} ({lb['budget']}), "
+                    f"{lb['server_only_snapshots']} server-only snapshots")  # fmt: skip
+            if lb.get("over"):
+                text += f"; OVER: {lb['over']}"
+            if lb.get("blocked"):
+                text += f"; cannot evict: {lb['blocked']}"
+            lines.append(f"local budget    {text}")
     if r.get("fuse"):
         lines.append(f"fuse            {_fuse_line(r['fuse'])}")
     if r.get("errors"):

@@ -51,7 +51,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
-from dpmsfs.store import schema
+from dpmsfs.store import evicted, schema
 from dpmsfs.store.db import ReadTxn, WriteTxn
 from dpmsfs.store.errors import ObjectNotFoundError, StoreError
 from dpmsfs.store.packs import RECORD, PackWriter, pack_path
@@ -71,6 +71,12 @@ REPACK_BELOW = 0.5
 _UNBUILT = bytes(16)  # a directory in the capture state whose tree is not built yet
 
 ExtraRoots = Callable[[ReadTxn], Iterable[bytes]]
+Progress = Callable[[str, int, int], None]
+"""progress(phase, done, total): phases "mark" (total -1: unknown), "sweep", "packs"."""
+
+
+def _no_progress(phase: str, done: int, total: int) -> None:
+    pass
 
 
 class CollectionAbortedError(StoreError):
@@ -126,7 +132,7 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
     """Delete the records of these snapshots (not pinned ones, not the newest), in one
     transaction; return the names really forgotten. Their space is reclaimed by the
     next `collect`. For the local budget and the sync work as well as for prune."""
-    store.db.declare(T_PINS)
+    store.db.declare(T_PINS, evicted.T_EVICTED)
 
     def body(txn: WriteTxn) -> list[str]:
         newest = None
@@ -139,6 +145,7 @@ def forget_snapshots(store: Store, names: Collection[str]) -> list[str]:
             if key == newest or txn.get(T_PINS, key) is not None:
                 continue
             if txn.delete(schema.T_SNAPSHOTS, key):
+                txn.delete(evicted.T_EVICTED, key)
                 done.append(name)
         return done
 
@@ -330,13 +337,19 @@ def collect(
     *,
     dry_run: bool = False,
     skip_snapshots: Collection[str] = (),
+    evict_snapshots: Collection[str] = (),
     repack_below: float = REPACK_BELOW,
     grace_timeout: float | None = 600.0,
+    progress: Progress | None = None,
 ) -> CollectStats:
     """Reclaim the space of every object no snapshot and no capture state refers to.
 
+    Snapshots in the ``local_evicted`` table (store/evicted.py: server-only, the local
+    budget) are roots of their *trees* only: the chunks only they name are swept.
+
     ``dry_run``: change nothing; count what would go, treating ``skip_snapshots`` as
-    already forgotten (so `dpmsfs prune --dry-run` can say what a prune would reclaim).
+    already forgotten and ``evict_snapshots`` as already server-only (so `dpmsfs prune
+    --dry-run` can say what a prune or an eviction would reclaim).
     """
     if store.readonly and not dry_run:
         raise StoreError(f"{store.path} is open read-only: cannot reclaim space")
@@ -348,8 +361,8 @@ def collect(
         if not dry_run:
             store.start_guard()
         try:
-            _collect(store, extra_roots, dry_run, set(skip_snapshots), repack_below,
-                     grace_timeout, stats)  # fmt: skip
+            _collect(store, extra_roots, dry_run, set(skip_snapshots), set(evict_snapshots),
+                     repack_below, grace_timeout, stats, progress or _no_progress)  # fmt: skip
         finally:
             if not dry_run:
                 store.stop_guard()
@@ -365,34 +378,45 @@ def _collect(
     extra_roots: ExtraRoots | None,
     dry_run: bool,
     skip: set[str],
+    evict: set[str],
     repack_below: float,
     grace_timeout: float | None,
     stats: CollectStats,
+    progress: Progress,
 ) -> None:
     if not dry_run:
         _grace(store, grace_timeout)
     roots: list[bytes] = []
+    tree_roots: list[bytes] = []  # server-only snapshots: their trees stay, not their data
+    has_evicted = evicted.has_table(store)
     with store.db.read() as txn:  # one consistent view (see the module docstring, 3)
+        server_only = evict | (evicted.names_in(txn) if has_evicted else set())
         for key, value in txn.cursor_range(schema.T_SNAPSHOTS):
-            if key.decode() not in skip:
-                roots.append(bytes.fromhex(json.loads(value)["root_tree_id"]))
+            name = key.decode()
+            if name in skip:
+                continue
+            root = bytes.fromhex(json.loads(value)["root_tree_id"])
+            (tree_roots if name in server_only else roots).append(root)
         if extra_roots is not None:
             roots.extend(oid for oid in extra_roots(txn) if oid != _UNBUILT)
     roots.extend(leased_roots(store))  # after the records: see `lease`
     live: set[bytes] = set()
-    _mark(store, roots, live)
+    _mark(store, roots, live, progress=progress)
+    trees: set[bytes] = set()  # kept, but their chunks are not (unless ``live`` has them)
+    _mark(store, tree_roots, trees, trees_only=True, skip=live)
+    progress("mark", len(live) + len(trees), -1)
     if not dry_run:
         _grace(store, grace_timeout)
-    dead = _candidates(store, live)
+    dead = {oid: loc for oid, loc in _candidates(store, live).items() if oid not in trees}
     if dry_run:
         stats.live_objects = len(live)
         stats.dead_objects = len(dead)
         stats.dead_bytes = sum(loc.stored_length for loc in dead.values())
         stats.reclaimed_bytes = stats.dead_bytes
         return
-    _sweep(store, dead, live, stats)
+    _sweep(store, dead, live, stats, progress)
     stats.live_objects = len(live)
-    _reclaim_packs(store, repack_below, stats)
+    _reclaim_packs(store, repack_below, stats, progress)
     _remove_garbage(store, stats)
 
 
@@ -401,14 +425,34 @@ def _grace(store: Store, timeout: float | None) -> None:
         raise StoreError("a capture step did not finish in time; prune will try again later")
 
 
-def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
-    """Add ``roots`` and everything reachable from them to ``live``."""
-    stack = [oid for oid in roots if oid not in live]
+def mark_live(store: Store, roots: Iterable[bytes]) -> set[bytes]:
+    """Every object reachable from ``roots`` (for planning, e.g. the local budget's: no
+    guard, so the result is an estimate that a collection then makes safe)."""
+    live: set[bytes] = set()
+    _mark(store, (r for r in roots if r != _UNBUILT), live)
+    return live
+
+
+def _mark(
+    store: Store,
+    roots: Iterable[bytes],
+    live: set[bytes],
+    *,
+    trees_only: bool = False,
+    skip: Collection[bytes] = (),
+    progress: Progress = _no_progress,
+) -> None:
+    """Add ``roots`` and everything reachable from them to ``live``; with ``trees_only``
+    the trees alone (a server-only snapshot's), not descending below what ``skip`` (the
+    fully marked set) already holds: those subtrees are kept with their chunks anyway."""
+    stack = [oid for oid in roots if oid not in live and oid not in skip]
     while stack:
         oid = stack.pop()
-        if oid in live:
+        if oid in live or oid in skip:
             continue
         live.add(oid)
+        if len(live) % 4096 == 0:
+            progress("mark", len(live), -1)
         # pending first, then the index: an object leaves the pending map only after
         # its index commit, so one of the two sees it (unless it is still being written
         # or its write failed: that span's references are covered by the grace periods)
@@ -424,7 +468,7 @@ def _mark(store: Store, roots: Iterable[bytes], live: set[bytes]) -> None:
                 f"cannot read tree {oid.hex()} ({exc}); nothing was swept: run dpmsfs verify"
             ) from None
         for entry in entries:
-            if entry.type in (EntryType.FILE, EntryType.DIR):
+            if entry.type == EntryType.DIR or (entry.type == EntryType.FILE and not trees_only):
                 stack.extend(c for c in entry.content if c not in live and c != _UNBUILT)
 
 
@@ -434,10 +478,15 @@ def _candidates(store: Store, live: set[bytes]) -> dict[bytes, ObjectLocation]:
 
 
 def _sweep(
-    store: Store, dead: dict[bytes, ObjectLocation], live: set[bytes], stats: CollectStats
+    store: Store,
+    dead: dict[bytes, ObjectLocation],
+    live: set[bytes],
+    stats: CollectStats,
+    progress: Progress = _no_progress,
 ) -> None:
     ids = list(dead)
     for first in range(0, len(ids), SWEEP_BATCH):
+        progress("sweep", first, len(ids))
         batch = ids[first : first + SWEEP_BATCH]
         while True:
             # mark what writers guarded meanwhile (outside the lock: it reads trees)
@@ -455,6 +504,7 @@ def _sweep(
             break
         stats.dead_objects += removed[0]
         stats.dead_bytes += removed[1]
+    progress("sweep", len(ids), len(ids))
 
 
 def _delete_entries(
@@ -492,7 +542,9 @@ def _scan_objects(store: Store) -> Iterator[tuple[bytes, ObjectLocation]]:
             return
 
 
-def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> None:
+def _reclaim_packs(
+    store: Store, repack_below: float, stats: CollectStats, progress: Progress = _no_progress
+) -> None:
     """Delete packs with no live record; rewrite packs less than ``repack_below`` alive.
 
     Two passes over the index: per-pack totals first (small), then the entries of the
@@ -511,7 +563,8 @@ def _reclaim_packs(store: Store, repack_below: float, stats: CollectStats) -> No
                 txn.delete(schema.T_PACKS, pack_id)
 
         store.db.transact(drop)  # the index first, then the files (a crash: garbage)
-        for pack_id in empty:
+        for n, pack_id in enumerate(empty):
+            progress("packs", n, len(empty))
             stats.reclaimed_bytes += _delete_pack_file(store, pack_id)
             stats.packs_deleted += 1
     sparse = {p for p, info in packs.items() if 0 < live_bytes.get(p, 0) < repack_below * info.size}

@@ -10,7 +10,9 @@ Checks, in read order (the reverse of the write order, see docs/design.md):
    the pack's footer (type, offset, length); the running totals match.  With
    ``read_data`` every indexed object is read, decompressed and hashed.
 3. snapshots: every tree reachable from a snapshot is indexed and decodes, and every
-   chunk a file names is indexed and not damaged.
+   chunk a file names is indexed and not damaged. Of a server-only snapshot (its data
+   left under the local budget, store/evicted.py) only the trees are checked: its
+   chunks are on the server, and their absence here is by design, not damage.
 
 Damage is reported per object id, with the snapshots and file paths it affects, so an
 operator knows what is lost and what a heal from the server must bring back.
@@ -28,7 +30,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from dpmsfs.store import schema
+from dpmsfs.store import evicted, schema
 from dpmsfs.store.errors import CorruptObjectError, StoreError
 from dpmsfs.store.packs import (
     RECORD,
@@ -73,6 +75,7 @@ class VerifyReport:
     objects_checked: int = 0
     bytes_read: int = 0
     snapshots_checked: int = 0
+    server_only_snapshots: int = 0  # trees checked, data on the server
     trees_checked: int = 0
 
     @property
@@ -83,8 +86,9 @@ class VerifyReport:
         state = "OK" if self.ok else "DAMAGED"
         return (
             f"{state}: {self.packs_checked} packs, {self.objects_checked} objects"
-            f"{' read' if self.read_data else ''}, {self.snapshots_checked} snapshots, "
-            f"{self.trees_checked} trees; {len(self.damaged)} damaged objects, "
+            f"{' read' if self.read_data else ''}, {self.snapshots_checked} snapshots"
+            + (f" ({self.server_only_snapshots} server-only)" if self.server_only_snapshots else "")
+            + f", {self.trees_checked} trees; {len(self.damaged)} damaged objects, "
             f"{len(self.problems)} other problems, {len(self.garbage)} garbage files"
         )
 
@@ -296,10 +300,16 @@ class _Verifier:
 
     def check_snapshots(self) -> None:
         memo: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        trees_memo: dict[bytes, list[tuple[bytes, bytes]]] = {}  # server-only snapshots'
+        server_only = evicted.evicted_names(self.store)
         for n, record in enumerate(self.store.list_snapshots()):
             self.progress("snapshots", n, -1)
             self.report.snapshots_checked += 1
-            for path, oid in self.walk(record.root_tree_id, memo, 0):
+            local = record.name not in server_only
+            if not local:
+                self.report.server_only_snapshots += 1
+            for path, oid in self.walk(record.root_tree_id, memo if local else trees_memo, 0,
+                                       chunks=local):  # fmt: skip
                 damaged = self.report.damaged[oid]
                 damaged.snapshots.add(record.name)
                 if len(damaged.paths) < MAX_PATHS_PER_OBJECT:
@@ -309,9 +319,14 @@ class _Verifier:
                     damaged.more_paths += 1
 
     def walk(
-        self, tree_id: bytes, memo: dict[bytes, list[tuple[bytes, bytes]]], depth: int
+        self,
+        tree_id: bytes,
+        memo: dict[bytes, list[tuple[bytes, bytes]]],
+        depth: int,
+        chunks: bool = True,
     ) -> list[tuple[bytes, bytes]]:
-        """(relative path, damaged id) for everything broken under ``tree_id``."""
+        """(relative path, damaged id) for everything broken under ``tree_id`` (without
+        ``chunks``: in its trees only)."""
         cached = memo.get(tree_id)
         if cached is not None:
             return cached
@@ -332,7 +347,7 @@ class _Verifier:
             problems.append((b"", tree_id))
             return problems
         self.report.trees_checked += 1
-        files = [e for e in entries if e.type == EntryType.FILE and e.content]
+        files = [e for e in entries if e.type == EntryType.FILE and e.content and chunks]
         with self.db.read() as txn:
             for e in files:
                 for cid in e.content:
@@ -343,7 +358,7 @@ class _Verifier:
                         problems.append((e.name, cid))
         for e in entries:
             if e.type == EntryType.DIR:
-                for path, oid in self.walk(e.content[0], memo, depth + 1):
+                for path, oid in self.walk(e.content[0], memo, depth + 1, chunks):
                     problems.append((e.name + b"/" + path if path else e.name, oid))
         return problems
 

@@ -157,7 +157,9 @@ def test_unreachable_webhook_is_a_clear_error() -> None:
 
 def test_service_evaluates_and_delivers_off_the_loop(tmp_path: Path, receiver: Receiver) -> None:
     out = tmp_path / "fired"
-    settings = AlertSettings(command=f"cat >> {out}; echo >> {out}", webhook=receiver.url)
+    settings = AlertSettings(
+        command=f"cat >> {out}; echo >> {out}", webhook=receiver.url, report_max_age_seconds=0
+    )  # a new report every evaluation
     reports = [report(), report(store_free_bytes=5), report(store_free_bytes=5), report()]
 
     async def next_report() -> dict[str, Any]:
@@ -174,3 +176,27 @@ def test_service_evaluates_and_delivers_off_the_loop(tmp_path: Path, receiver: R
     assert fired == ["raised", "cleared"]
     assert [b["state"] for b in receiver.bodies] == ["raised", "cleared"]
     assert service.section()["active"] == [] and service.section()["evaluations"] == 4
+
+
+def test_evaluations_reuse_the_report_until_old_or_its_inputs_change() -> None:
+    """Evaluating every 0.2 s must not rebuild the whole status report every 0.2 s."""
+    built: list[int] = []
+    signature = [0]
+
+    async def build() -> dict[str, Any]:
+        built.append(1)
+        return report(store_free_bytes=5) if len(built) > 1 else report()
+
+    service = AlertService(AlertSettings(report_max_age_seconds=60), CONTEXT, build,
+                           inputs=lambda: signature[0])  # fmt: skip
+
+    async def main() -> None:
+        for _ in range(5):
+            assert await service.evaluate_once() == []  # the cached, healthy report
+        signature[0] = 1  # e.g. a verify recorded its result: rebuilt at once
+        events = await service.evaluate_once()
+        assert [(e.alert.name, e.state) for e in events] == [("store_free_space", "raised")]
+
+    trio.run(main)
+    assert len(built) == 2 and service.section()["report_rebuilds"] == 2
+    assert service.section()["evaluations"] == 6
