@@ -59,6 +59,7 @@ class NamespaceIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self.touch_resolution_s = TOUCH_RESOLUTION_S
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
@@ -124,7 +125,7 @@ class NamespaceIndex:
                     row[0]
                     for row in self._db.execute(
                         f"SELECT id FROM touched WHERE at_s >= ? AND id IN ({marks})",
-                        [at - TOUCH_RESOLUTION_S, *part],
+                        [at - self.touch_resolution_s, *part],
                     )
                 }
                 stale += [i for i in part if i not in fresh]

@@ -24,11 +24,13 @@ finds nothing dangling, and the next prune finishes the work.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from chunker import CorruptChunkError, decompress_chunk
 from remote import names, objfile, treewalk
@@ -160,24 +162,87 @@ def prune_namespace(
 def sweep_blobs(
     store: DiskStore, *, now_s: int, grace_s: int = DEFAULT_GRACE_S, dry_run: bool = False
 ) -> SweepResult:
-    """Delete blobs that no namespace maps and that are older than the grace period."""
-    mapped: set[bytes] = set()
-    for ns in store.namespaces():
-        mapped |= store.index(ns).digests()
-    result = SweepResult()
-    cutoff = now_s - grace_s
-    for digest in store.pool.iter_digests():
-        if bytes.fromhex(digest) in mapped:
-            continue
-        path = store.pool.path(digest)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if st.st_mtime >= cutoff:
-            continue
-        result.blobs_removed += 1
-        result.bytes_removed += st.st_size
-        if not dry_run:
-            os.unlink(path)
-    return result
+    """Delete blobs that no namespace maps and that are older than the grace period.
+
+    Safe beside a serving server in the same process: the store's BlobUses is opened
+    before the mapped digests are read, and each blob is deleted under its lock only if
+    no request began to claim or upload it since (docs/design.md, "Online prune")."""
+    store.uses.open_sweep()
+    try:
+        mapped: set[bytes] = set()
+        for ns in store.namespaces():
+            mapped |= store.index(ns).digests()
+        result = SweepResult()
+        cutoff = now_s - grace_s
+        for digest in store.pool.iter_digests():
+            if bytes.fromhex(digest) in mapped:
+                continue
+            path = store.pool.path(digest)
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if st.st_mtime >= cutoff:
+                continue
+            if dry_run or store.uses.delete_if_unused(digest, functools.partial(_unlink, path)):
+                result.blobs_removed += 1
+                result.bytes_removed += st.st_size
+        return result
+    finally:
+        store.uses.close_sweep()
+
+
+def _unlink(path: os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def run(
+    store: DiskStore,
+    namespace: str,
+    policy: Policy,
+    *,
+    now_s: int,
+    grace_s: int = DEFAULT_GRACE_S,
+    dry_run: bool = False,
+) -> dict[str, Any]:
+    """One whole prune (namespace, then the pool) as the JSON answer of the online
+    endpoint and the lines the CLI prints: docs/remote-api.md, `POST /v2/<ns>/prune`."""
+    result = prune_namespace(
+        store, namespace, policy, now_s=now_s, grace_s=grace_s, dry_run=dry_run
+    )
+    sweep = sweep_blobs(store, now_s=now_s, grace_s=grace_s, dry_run=dry_run)
+    return {
+        "namespace": result.namespace,
+        "dry_run": dry_run,
+        "policy": policy.describe(),
+        "decisions": [
+            {"name": d.name, "keep": d.keep, "reasons": list(d.reasons)} for d in result.decisions
+        ],
+        "forgotten": result.forgotten,
+        "reachable": result.reachable,
+        "mappings_removed": result.mappings_removed,
+        "mapping_bytes_removed": result.bytes_removed,
+        "blobs_removed": sweep.blobs_removed,
+        "blob_bytes_removed": sweep.bytes_removed,
+    }
+
+
+def summary_lines(doc: dict[str, Any]) -> list[str]:
+    """What `dpmsfs-server prune` prints, offline or online, from `run`'s answer."""
+    lines = []
+    for d in doc["decisions"]:
+        why = f" ({', '.join(d['reasons'])})" if d["reasons"] else ""
+        lines.append(f"{'keep  ' if d['keep'] else 'forget'} {d['name']}{why}")
+    dry = bool(doc["dry_run"])
+    verb = "would remove" if dry else "removed"
+    lines.append(
+        f"{doc['namespace']}: policy {doc['policy']}; "
+        f"{'would forget' if dry else 'forgot'} {len(doc['forgotten'])} of "
+        f"{len(doc['decisions'])} snapshots; {doc['reachable']} objects reachable; "
+        f"{verb} {doc['mappings_removed']} mappings ({doc['mapping_bytes_removed']} frame "
+        f"bytes) and {doc['blobs_removed']} unmapped blobs ({doc['blob_bytes_removed']} bytes)"
+    )
+    return lines
