@@ -150,6 +150,8 @@ def prune_namespace(
     if dry_run:
         result.mappings_removed, result.bytes_removed = index.unreached(reached, cutoff)
         return result
+    # tombstones first: the HA peer's replicator must not put these refs back (410)
+    index.forget([SNAPSHOT_PREFIX + name for name in result.forgotten], now_s)
     for name in result.forgotten:
         store.delete_ref(namespace, SNAPSHOT_PREFIX + name)
         log.info("%s: forgot snapshot %s", namespace, name)

@@ -577,6 +577,8 @@ class App:
                 raise ApiError(
                     422, "hash_mismatch", f"body hashes to {actual}, header says {claimed}"
                 )
+            if grant.may_replicate and await self._run(self._forgotten, ns, name):
+                raise ApiError(410, "forgotten", f"ref {name} was pruned here")
             tmp = await self._run(objfile.write_bytes, store.tmp_dir, data)
             if replace:
                 await self._run(store.replace_ref, ns, name, tmp)
@@ -595,6 +597,9 @@ class App:
             if not await self._run(store.delete_ref, ns, name):
                 raise ApiError(404, "not_found", f"no ref {name}")
             await self._send_json(req, send, 200, {"ref": name, "deleted": True})
+
+    def _forgotten(self, ns: str, name: str) -> bool:
+        return self.store.has_namespace(ns) and self.store.index(ns).is_forgotten(name)
 
     # -- online prune (logic in remote/prune.py, request in remote/prune_api.py) -----------
 

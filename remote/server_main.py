@@ -156,7 +156,12 @@ def _prune_parser() -> argparse.ArgumentParser:
     )
     where = p.add_argument_group("where (one of)")
     where.add_argument("--data", type=Path, help="data directory of a stopped server")
-    where.add_argument("--server", metavar="URL", help="a running server (needs --token-file)")
+    where.add_argument(
+        "--server",
+        metavar="URL",
+        action="append",
+        help="a running server (needs --token-file); repeat for each server of an HA pair",
+    )
     p.add_argument("--token-file", type=Path, help="file holding an admin token (--server)")
     p.add_argument("--ca", type=Path, help="CA bundle to check the server's certificate")
     p.add_argument("--tool", required=True, help="the tool id (namespace) to prune")
@@ -498,15 +503,24 @@ def _prune_online(args: argparse.Namespace, policy: retention.Policy, grace_s: i
     request = {**policy.as_dict(), "grace": retention.format_duration(grace_s)}
     request.pop("paths", None)
     request["dry_run"] = bool(args.dry_run)
+    code = EXIT_OK
+    for url in args.server:
+        if len(args.server) > 1:
+            print(f"{url}:")
+        code = max(code, _prune_one(url, token, args, request))
+    return code
+
+
+def _prune_one(url: str, token: str, args: argparse.Namespace, request: dict[str, Any]) -> int:
     try:
-        status, doc = admin_client.post_prune(args.server, token, args.tool, request, args.ca)
+        status, doc = admin_client.post_prune(url, token, args.tool, request, args.ca)
     except admin_client.ClientError as exc:
         raise CliError(EXIT_SERVER, str(exc)) from None
     if status == 200:
         for line in prune.summary_lines(doc):
             print(line)
         return EXIT_OK
-    message = f"server answered {status} {doc.get('error', '')}: {doc.get('message', '')}"
+    message = f"{url} answered {status} {doc.get('error', '')}: {doc.get('message', '')}"
     if status == 422:  # prune_unsafe: nothing was deleted
         reason = doc.get("message")
         print(f"dpmsfs-server: prune stopped, nothing deleted: {reason}", file=sys.stderr)

@@ -303,3 +303,82 @@ def _quietly(fn: object, *args: object) -> None:
         fn(*args)  # type: ignore[operator]
     except requests.RequestException:
         pass  # the server was killed under the request
+
+
+class PeerServer(ServerProcess):
+    """A server on a fixed port (so two can name each other as --peer before starting)."""
+
+    def __init__(self, data: Path, tokens: Path, port: int, peer_port: int, token: Path) -> None:
+        super().__init__(data, tokens)
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.extra = (
+            "--listen", f"127.0.0.1:{port}", "--prune-min-grace", MIN_GRACE,
+            "--peer", f"http://127.0.0.1:{peer_port}", "--peer-token-file", str(token),
+            "--peer-interval", "0.2",
+        )  # fmt: skip
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _snapshots(server: ServerProcess) -> list[str]:
+    with backend(server) as b:
+        return [r for r in b.list_refs() if r.startswith("snapshot.")]
+
+
+def _wait(cond: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_a_pair_replicating_both_ways_converges_after_a_prune_and_fails_over(
+    tmp_path: Path,
+) -> None:
+    tokens = write_tokens(tmp_path / "tokens.json")
+    peer_token = tmp_path / "peer-token"
+    peer_token.write_text(REPLICATE + "\n")
+    pa, pb = _free_port(), _free_port()
+    a = PeerServer(tmp_path / "a", tokens, pa, pb, peer_token)
+    b = PeerServer(tmp_path / "b", tokens, pb, pa, peer_token)
+    a.start()
+    b.start()
+    try:
+        contents: dict[str, dict[str, bytes]] = {}
+        all_ids: dict[str, dict[str, str]] = {}
+        with backend(a) as tool:
+            for i in range(3):
+                name = f"2026-11-0{i + 1}T000000Z"
+                contents[name] = {f"f{j}": secrets.token_bytes(500) for j in range(6)}
+                all_ids[name] = upload_snapshot(tool, name, T0 + i * DAY_NS, contents[name])
+        _wait(lambda: len(_snapshots(b)) == 3)
+        time.sleep(5)  # older than the 4 s grace on both servers
+        answer = post_prune(a, ADMIN, NS_A, {"keep_last": 1, "grace": "4s"})
+        assert answer.status_code == 200 and len(answer.json()["forgotten"]) == 2
+        # B's replicator offers the two refs back, A refuses (410), B forgets them too
+        _wait(lambda: _snapshots(b) == ["snapshot.2026-11-03T000000Z"])
+        time.sleep(1)  # several more replication passes: nothing comes back to A
+        assert _snapshots(a) == ["snapshot.2026-11-03T000000Z"]
+        on_b = post_prune(b, ADMIN, NS_A, {"keep_last": 1, "grace": "4s"})
+        assert on_b.status_code == 200 and on_b.json()["mappings_removed"] > 0, on_b.text
+        # failover: A dies; the kept snapshot restores byte-exact from B alone
+        a.kill()
+        kept = "2026-11-03T000000Z"
+        with backend(b) as tool:
+            for fname, content in contents[kept].items():
+                assert decompress_chunk(tool.load(all_ids[kept][fname])) == content
+            for tree in ("<root>", "<sub>", "<top>"):
+                assert decompress_chunk(tool.load(all_ids[kept][tree]))
+        b.stop()
+        assert verify_cmd(b.data).returncode == 0
+        assert verify_cmd(a.data).returncode == 0
+    finally:
+        a.stop()
+        b.stop()
