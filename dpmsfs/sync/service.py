@@ -81,6 +81,9 @@ class SyncService:
         self._wake = trio.Event()
         self._recheck = False
         self._pass_done = trio.Event()
+        # called on the trio thread after each pass that ended without error (the fleet
+        # report, dpmsfs/sync/reporter.py)
+        self.pass_listeners: list[Callable[[], None]] = []
         self.trigger = (
             SnapshotTrigger(engine, snapshot_idle_seconds, snapshot_min_seconds)
             if engine is not None
@@ -125,6 +128,9 @@ class SyncService:
             try:
                 await self._in_thread(self._one_pass)
                 delay = FIRST_BACKOFF
+                if not self.status.last_error:
+                    for listener in self.pass_listeners:
+                        listener()
             except Stopped:
                 return
             except ServerChanged as exc:
