@@ -1,16 +1,19 @@
 """Server-side retention: forget snapshot refs by policy, then reclaim what nothing reaches.
 
-`dpmsfs-server prune` runs on the data directory while no server serves it (both take
-DIR/lock; see dirlock). Per namespace:
+`dpmsfs-server prune --data` runs on the data directory while no server serves it (both
+take DIR/lock; see dirlock); `POST /v2/<ns>/prune` (`prune --server`) runs the same steps
+inside the serving process, beside uploads: the argument for that is in docs/design.md,
+"Online prune" (grace on `touched`, BlobUses in the sweep). Per namespace:
 
 1. read every `snapshot.<name>` ref (the tool's SnapshotRecord JSON) and every
-   `pin.<name>` ref (a pin the tool uploaded), and choose with the tool's policy code
+   `pin.<name>` ref and the newest `pins.<time>` set (dpmsfs/sync/pins.py), and choose with the tool's policy code
    (remote/retention.py: restic's rules counted in snapshots that exist; pinned names,
    `pre-restore` and `--pin-label` labels and the newest snapshot are always kept);
 2. mark: walk the trees of every kept snapshot (remote/treewalk.py) and collect the ids
    they reach; anything unreadable (a record, a missing or malformed tree) stops the prune
    of that namespace before anything is deleted;
-3. delete the forgotten snapshot refs;
+3. record the forgotten refs in nsindex `forgotten` (the HA peer may not put them back),
+   then delete them;
 4. delete, in one SQLite transaction, the mappings no kept snapshot reaches *and* no tool
    was given or confirmed within the grace period (nsindex `touched`): a tool that was told
    "present" by `missing`, or uploaded, shortly before the server stopped may still send
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_PREFIX = "snapshot."
 PIN_PREFIX = "pin."
+PINS_PREFIX = "pins."
 DEFAULT_GRACE_S = 86400
 
 
@@ -97,7 +101,23 @@ def read_snapshots(store: DiskStore, namespace: str) -> list[ServerSnapshot]:
 
 
 def pinned_names(store: DiskStore, namespace: str) -> set[str]:
-    return {r[len(PIN_PREFIX) :] for r in store.list_refs(namespace) if r.startswith(PIN_PREFIX)}
+    """`pin.<name>` refs, and the set in the newest `pins.<time>` record the tool's sync
+    uploads (dpmsfs/sync/pins.py: a whole set per change, so an unpin can be expressed in
+    append-only refs). A newest record that does not parse stops the prune (PruneError)."""
+    refs = store.list_refs(namespace)
+    pinned = {r[len(PIN_PREFIX) :] for r in refs if r.startswith(PIN_PREFIX)}
+    sets = sorted(r for r in refs if r.startswith(PINS_PREFIX))
+    if sets:
+        found = store.read_ref(namespace, sets[-1])
+        try:
+            doc = json.loads(found[0]) if found is not None else None
+        except ValueError:
+            doc = None
+        pins = doc.get("pins") if isinstance(doc, dict) else None
+        if not isinstance(pins, dict):
+            raise PruneError(f"{namespace}: pin record {sets[-1]} is unreadable")
+        pinned |= {str(name) for name in pins}
+    return pinned
 
 
 def reachable_ids(store: DiskStore, namespace: str, roots: Iterable[str]) -> set[str]:

@@ -29,6 +29,7 @@ from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
+from dpmsfs.sync.pins import PinsPusher
 from dpmsfs.sync.pusher import PassReport, Pusher, ServerChanged, Stopped
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
@@ -76,6 +77,7 @@ class SyncService:
         self.throttle = Throttle(bandwidth_limit, stop=self.stop)
         self.pusher = Pusher(store, self.state, backend, throttle=self.throttle, stop=self.stop)
         self.status = SyncStatus()
+        self.pins = PinsPusher(store, backend, now_ns)
         self.totals = PassReport()
         self.now_ns = now_ns
         self._wake = trio.Event()
@@ -183,6 +185,8 @@ class SyncService:
                     self._recheck = False
                     self.pusher.recheck()
                 report = self.pusher.run_pass(self.totals)
+                if not report.blocked:
+                    self.pins.push()  # the server's prune keeps what the tool pinned
                 self.status.server_id = self.backend.server_id()
         finally:
             self.status.running = False
