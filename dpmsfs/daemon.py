@@ -11,7 +11,7 @@ import dataclasses
 import gc
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -34,6 +34,7 @@ from dpmsfs.store import gc as store_gc
 from dpmsfs.store.errors import StoreError, StoreLockedError
 from dpmsfs.store.retention import with_overrides
 from dpmsfs.store.store import Store
+from dpmsfs.sync.reporter import FleetReporter
 from dpmsfs.sync.service import SyncService
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,17 @@ def start_sync(config: Config, store: Store, engine: CaptureEngine) -> SyncServi
         snapshot_idle_seconds=config.sync_snapshot_idle_seconds,
         snapshot_min_seconds=config.sync_snapshot_min_seconds,
     )
+
+
+def start_reporter(
+    config: Config, sync: SyncService, status: Callable[[], Awaitable[dict[str, Any]]]
+) -> FleetReporter:
+    """The fleet report beside sync: every few minutes and after each good sync pass."""
+    from dpmsfs.sync.connect import open_backend
+
+    reporter = FleetReporter(lambda: open_backend(config), status, config.store)
+    sync.pass_listeners.append(reporter.poke)
+    return reporter
 
 
 def _tune_gc() -> None:
@@ -274,6 +286,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         ]  # fmt: skip
         if sync is not None:
             services.append(sync.run)
+            services.append(start_reporter(config, sync, monitor.report).run)
 
         async def before_unmount() -> None:
             await _shutdown_snapshot(engine)

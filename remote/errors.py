@@ -29,6 +29,10 @@ class ConflictError(PermanentRemoteError):
     """A ref already exists with different content; refs are append-only for tools."""
 
 
+class ForgottenError(PermanentRemoteError):
+    """410: the server pruned that ref and will not take it back from its HA peer."""
+
+
 class AuthError(PermanentRemoteError):
     """Missing or wrong token (401) or the token may not do this (403)."""
 
@@ -67,6 +71,8 @@ def error_for_status(status: int, message: str) -> RemoteError:
         return NotFoundError(message)
     if status == 409:
         return ConflictError(message)
+    if status == 410:
+        return ForgottenError(f"HTTP {status}: {message}")
     if status in (401, 403):
         return AuthError(f"HTTP {status}: {message}")
     return PermanentRemoteError(f"HTTP {status}: {message}")

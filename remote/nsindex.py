@@ -12,6 +12,10 @@ Schema (contract, docs/remote-api.md):
                           NOT NULL) WITHOUT ROWID
     CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL)
     CREATE TABLE touched (id TEXT PRIMARY KEY, at_s INTEGER NOT NULL) WITHOUT ROWID
+    CREATE TABLE forgotten (name TEXT PRIMARY KEY, at_s INTEGER NOT NULL) WITHOUT ROWID
+
+`forgotten` holds the refs a prune forgot here (written before the ref files go): the HA
+peer's replicator may not put them back (410), and learns from that to forget them too.
 
 `touched` holds, per mapped id, the unix second it was last created or confirmed to a
 tool (a `missing` that answered "present"), to within TOUCH_RESOLUTION_S. It is what makes
@@ -47,6 +51,10 @@ _LOG_SCHEMA = (
 _TOUCHED_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS touched (id TEXT PRIMARY KEY, at_s INTEGER NOT NULL) WITHOUT ROWID"
 )
+_FORGOTTEN_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS forgotten (name TEXT PRIMARY KEY, at_s INTEGER NOT NULL) "
+    "WITHOUT ROWID"
+)
 # A confirmation rewrites `touched` only if the stored time is older than this: a tool's
 # repeated `missing` calls cost no write (and no fsync) within the hour, and prune's grace
 # period (a day by default) is far longer than the error this allows.
@@ -59,12 +67,14 @@ class NamespaceIndex:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self.touch_resolution_s = TOUCH_RESOLUTION_S
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(_SCHEMA)
         self._db.execute(_LOG_SCHEMA)
         self._db.execute(_TOUCHED_SCHEMA)
+        self._db.execute(_FORGOTTEN_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +134,7 @@ class NamespaceIndex:
                     row[0]
                     for row in self._db.execute(
                         f"SELECT id FROM touched WHERE at_s >= ? AND id IN ({marks})",
-                        [at - TOUCH_RESOLUTION_S, *part],
+                        [at - self.touch_resolution_s, *part],
                     )
                 }
                 stale += [i for i in part if i not in fresh]
@@ -185,6 +195,28 @@ class NamespaceIndex:
                     count += 1
                     total += int(size)
         return count, total
+
+    def forget(self, names: Sequence[str], now_s: int | None = None) -> None:
+        """Record that a prune forgot the refs `names` (durable before returning)."""
+        if not names:
+            return
+        at = int(time.time()) if now_s is None else now_s
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO forgotten (name, at_s) VALUES (?, ?)",
+                    [(n, at) for n in names],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def is_forgotten(self, name: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM forgotten WHERE name = ?", (name,)).fetchone()
+        return row is not None
 
     def digests(self) -> set[bytes]:
         """Every digest this namespace maps, as 32 raw bytes (for the blob sweep: a set of

@@ -15,7 +15,9 @@ That order keeps the HA invariant on the peer: a snapshot ref exists there only 
 object reachable from it is mapped there. Watermarks are kept per peer server id in
 DIR/replication.json, so a peer whose data directory was replaced starts again from zero
 (and its `missing` answers keep a restart from re-sending what it already has). Deletions
-(admin) are not replicated. Status (`status()`): last success, pending objects and refs, lag.
+(admin) are not replicated, but a ref the peer pruned is forgotten here when the peer
+refuses it (410, its `forgotten` tombstone), so a pair replicating both ways converges.
+Status (`status()`): last success, pending objects and refs, lag.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from remote.errors import RemoteError
+from remote.errors import ForgottenError, RemoteError
 from remote.http_backend import HttpBackend
 from remote.retry import NO_RETRY, Retrier
 from remote.store import DiskStore
@@ -185,7 +187,15 @@ class Replicator:
                 found = self.store.read_ref(ns, name)
                 if found is None:
                     continue
-                peer.put_ref(name, found[0])
+                try:
+                    peer.put_ref(name, found[0])
+                except ForgottenError:
+                    # the peer pruned it: forget it here too, so the pair converges and
+                    # a prune here reclaims its objects (docs/operations.md, HA and prune)
+                    self.store.index(ns).forget([name])
+                    self.store.delete_ref(ns, name)
+                    log.info("%s: peer pruned ref %s; forgot it here too", ns, name)
+                    continue
                 with self._lock:
                     self._refs_sent += 1
             return len(set(self.store.list_refs(ns)) - set(local_refs))

@@ -36,8 +36,8 @@ UsageError = PolicyError  # the name the rules below were written with
 
 PRE_RESTORE_LABEL = "pre-restore"
 
-_UNITS = {"h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
-_DURATION = re.compile(r"(\d+)([hdwmy])")
+_UNITS = {"s": 1, "h": 3600, "d": 86400, "w": 7 * 86400, "m": 30 * 86400, "y": 365 * 86400}
+_DURATION = re.compile(r"(\d+)([shdwmy])")
 
 COUNT_RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
 
@@ -55,7 +55,7 @@ def parse_duration(text: str) -> int:
         pos = match.end()
     if pos != len(text):
         raise UsageError(
-            f"bad duration {text!r}: use numbers with h, d, w, m (30 days) or y, e.g. 48h, 1y6m"
+            f"bad duration {text!r}: use numbers with s, h, d, w, m (30 days) or y, e.g. 48h, 1y6m"
         )
     return total
 
@@ -64,7 +64,7 @@ def format_duration(seconds: int) -> str:
     for unit in ("y", "m", "w", "d", "h"):
         if seconds and seconds % _UNITS[unit] == 0:
             return f"{seconds // _UNITS[unit]}{unit}"
-    return f"{seconds // 3600}h"
+    return f"{seconds}s" if seconds % 3600 else f"{seconds // 3600}h"
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import json
 import logging
 import sqlite3
 import struct
+import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
-from remote import auth, fleet, hashing, names, objfile
+from remote import auth, fleet, hashing, names, objfile, prune, prune_api
 from remote.frames import is_digest
 from remote.metrics import ServerMetrics
 from remote.store import Accepted, DiskStore
@@ -180,9 +182,14 @@ class App:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store")
         self.fleet = fleet.FleetState(store)
         self.sessions = fleet.Sessions()
+        # online prune (admin): one at a time, in its own thread so uploads keep flowing
+        self.prune_min_grace_s = 2 * store.touch_resolution_s
+        self._prune_lock = threading.Lock()
+        self._pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prune")
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+        self._pruner.shutdown(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -411,6 +418,9 @@ class App:
             await self._ref(req, send, grant, ns, tail[1])
         elif tail == ["report"]:
             await self._report(req, send, grant, ns)
+        elif tail == ["prune"]:
+            _only(req, "POST")
+            await self._prune(req, send, grant, ns)
         elif tail == ["stats"]:
             _only(req, "GET")
             st = await self._run(self.store.stats, ns)
@@ -567,6 +577,8 @@ class App:
                 raise ApiError(
                     422, "hash_mismatch", f"body hashes to {actual}, header says {claimed}"
                 )
+            if grant.may_replicate and await self._run(self._forgotten, ns, name):
+                raise ApiError(410, "forgotten", f"ref {name} was pruned here")
             tmp = await self._run(objfile.write_bytes, store.tmp_dir, data)
             if replace:
                 await self._run(store.replace_ref, ns, name, tmp)
@@ -585,6 +597,43 @@ class App:
             if not await self._run(store.delete_ref, ns, name):
                 raise ApiError(404, "not_found", f"no ref {name}")
             await self._send_json(req, send, 200, {"ref": name, "deleted": True})
+
+    def _forgotten(self, ns: str, name: str) -> bool:
+        return self.store.has_namespace(ns) and self.store.index(ns).is_forgotten(name)
+
+    # -- online prune (logic in remote/prune.py, request in remote/prune_api.py) -----------
+
+    async def _prune(self, req: Request, send: Send, grant: auth.Grant, ns: str) -> None:
+        if not grant.is_admin:
+            raise ApiError(403, "forbidden", "only an admin token may prune")
+        try:
+            request = prune_api.parse(await self._json_body(req), self.prune_min_grace_s)
+        except prune_api.PruneRequestError as exc:
+            raise ApiError(400, "bad_prune", str(exc)) from None
+        if not self.store.has_namespace(ns):
+            raise ApiError(404, "not_found", f"no namespace {ns}")
+        if not self._prune_lock.acquire(blocking=False):
+            raise ApiError(409, "prune_running", "another prune is running on this server")
+        try:
+            loop = asyncio.get_running_loop()
+            doc = await loop.run_in_executor(
+                self._pruner,
+                functools.partial(
+                    prune.run,
+                    self.store,
+                    ns,
+                    request.policy,
+                    now_s=int(time.time()),
+                    grace_s=request.grace_s,
+                    dry_run=request.dry_run,
+                ),
+            )
+        except prune.PruneError as exc:
+            raise ApiError(422, "prune_unsafe", str(exc)) from None
+        finally:
+            self._prune_lock.release()
+        log.info("prune of %s: %s", ns, prune.summary_lines(doc)[-1])
+        await self._send_json(req, send, 200, doc)
 
     # -- tool reports and the fleet page (logic in remote/fleet.py) ---------------------------
 
@@ -674,6 +723,7 @@ _NAMESPACE_ROUTES = {
     ("refs",): "refs",
     ("stats",): "stats",
     ("report",): "report",
+    ("prune",): "prune",
 }
 
 

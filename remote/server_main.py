@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from remote import auth, names, prune, retention, server, verify
+from remote import admin_client, auth, names, prune, retention, server, verify
 from remote.dirlock import DirectoryBusy, DirLock
 from remote.metrics import ServerMetrics
 from remote.store import DiskStore
@@ -37,6 +37,7 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_LISTEN = 4
 EXIT_BUSY = 5
+EXIT_SERVER = 6
 
 EXIT_STATUS = """\
 EXIT STATUS
@@ -45,9 +46,12 @@ EXIT STATUS
   1  verify found corrupt records (they were moved to DIR/quarantine); prune could not
      decide safely (unreadable snapshot record, missing tree) and deleted nothing
   2  usage error
-  3  configuration error: data directory, tokens file or TLS files unusable
+  3  configuration error: data directory, tokens file or TLS files unusable; prune
+     --server: the token file is unreadable or the token is not an admin token
   4  cannot listen on the address (in use, not permitted, not a local address)
-  5  the data directory is in use (serve and prune never run together)
+  5  the data directory is in use (serve and offline prune never run together);
+     prune --server: another prune is running on that server
+  6  prune --server: the server is unreachable or answered an unexpected error
 """
 
 
@@ -88,6 +92,14 @@ def _serve_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="serve Prometheus GET /metrics, without a token, on this second listener "
         "(port 0 picks one; default: off)",
+    )
+    p.add_argument(
+        "--prune-min-grace",
+        default="2h",
+        metavar="D",
+        help="shortest grace an online prune may use (default %(default)s); tools "
+        "re-confirm objects every D/2, so a sync pass must finish within D/2 "
+        "(docs/design.md, Online prune)",
     )
     p.add_argument("--peer", help="URL of the HA peer to replicate to (continuously)")
     p.add_argument("--peer-token-file", type=Path, help="file holding the token for --peer")
@@ -137,11 +149,21 @@ def _prune_parser() -> argparse.ArgumentParser:
         prog="dpmsfs-server prune",
         description="Forget a tool's snapshot refs by a retention policy (the tool's rules: "
         "restic's --keep-* counted in snapshots that exist), then delete the mappings no kept "
-        "snapshot reaches and the blobs no tool maps. The server must be stopped.",
+        "snapshot reaches and the blobs no tool maps. With --data the server must be stopped; "
+        "with --server URL the running server prunes (admin token only).",
         epilog=EXIT_STATUS,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--data", required=True, type=Path, help="data directory")
+    where = p.add_argument_group("where (one of)")
+    where.add_argument("--data", type=Path, help="data directory of a stopped server")
+    where.add_argument(
+        "--server",
+        metavar="URL",
+        action="append",
+        help="a running server (needs --token-file); repeat for each server of an HA pair",
+    )
+    p.add_argument("--token-file", type=Path, help="file holding an admin token (--server)")
+    p.add_argument("--ca", type=Path, help="CA bundle to check the server's certificate")
     p.add_argument("--tool", required=True, help="the tool id (namespace) to prune")
     p.add_argument("--dry-run", action="store_true", help="show what would go; change nothing")
     for rule in retention.COUNT_RULES:
@@ -275,7 +297,14 @@ def _serve(
 
     if args.max_object_size <= 0:
         raise CliError(EXIT_USAGE, "--max-object-size must be positive")
+    try:
+        min_grace_s = retention.parse_duration(args.prune_min_grace)
+    except retention.PolicyError as exc:
+        raise CliError(EXIT_USAGE, f"--prune-min-grace: {exc}") from None
+    if min_grace_s < 2:
+        raise CliError(EXIT_USAGE, "--prune-min-grace must be at least 2s")
     store = DiskStore(args.data)
+    store.touch_resolution_s = min_grace_s // 2
     try:
         store.prepare()
     except OSError as exc:
@@ -312,6 +341,7 @@ def _serve(
         metrics=metrics,
         metrics_port=metrics_port,
     )
+    app.prune_min_grace_s = min_grace_s
     config = uvicorn.Config(
         app,
         lifespan="off",
@@ -411,7 +441,9 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    if not (args.data / "ns").is_dir() or not (args.data / "pool").is_dir():
+    if args.data is not None and (
+        not (args.data / "ns").is_dir() or not (args.data / "pool").is_dir()
+    ):
         raise CliError(EXIT_CONFIG, f"{args.data} is not a dpmsfs-server data directory")
     if not names.is_namespace(args.tool):
         raise CliError(EXIT_USAGE, f"invalid tool id {args.tool!r}")
@@ -427,35 +459,79 @@ def run_prune(args: argparse.Namespace) -> int:
             )
     except retention.PolicyError as exc:
         raise CliError(EXIT_USAGE, str(exc)) from None
+    if args.server is not None:
+        return _prune_online(args, policy, grace_s)
+    if args.data is None:
+        raise CliError(EXIT_USAGE, "give --data DIR (server stopped) or --server URL")
     lock = _lock(args.data)
     store = DiskStore(args.data)
     try:
         if not store.has_namespace(args.tool):
             raise CliError(EXIT_CONFIG, f"no namespace {args.tool!r} in {args.data}")
-        now_s = int(time.time())
         try:
-            result = prune.prune_namespace(
-                store, args.tool, policy, now_s=now_s, grace_s=grace_s, dry_run=args.dry_run
+            doc = prune.run(
+                store,
+                args.tool,
+                policy,
+                now_s=int(time.time()),
+                grace_s=grace_s,
+                dry_run=args.dry_run,
             )
         except prune.PruneError as exc:
             print(f"dpmsfs-server: prune stopped, nothing deleted: {exc}", file=sys.stderr)
             return EXIT_CORRUPT
-        sweep = prune.sweep_blobs(store, now_s=now_s, grace_s=grace_s, dry_run=args.dry_run)
     finally:
         store.close()
         lock.release()
-    verb = "would remove" if args.dry_run else "removed"
-    for d in result.decisions:
-        why = f" ({', '.join(d.reasons)})" if d.reasons else ""
-        print(f"{'keep  ' if d.keep else 'forget'} {d.name}{why}")
-    print(
-        f"{result.namespace}: policy {policy.describe()}; "
-        f"{'would forget' if args.dry_run else 'forgot'} {len(result.forgotten)} of "
-        f"{len(result.decisions)} snapshots; {result.reachable} objects reachable; "
-        f"{verb} {result.mappings_removed} mappings ({result.bytes_removed} frame bytes) and "
-        f"{sweep.blobs_removed} unmapped blobs ({sweep.bytes_removed} bytes)"
-    )
+    for line in prune.summary_lines(doc):
+        print(line)
     return EXIT_OK
+
+
+def _prune_online(args: argparse.Namespace, policy: retention.Policy, grace_s: int) -> int:
+    """Ask a running server to prune (POST /v2/<tool>/prune with the admin token)."""
+    if args.data is not None:
+        raise CliError(EXIT_USAGE, "give either --data or --server, not both")
+    if args.token_file is None:
+        raise CliError(EXIT_USAGE, "--server needs --token-file (an admin token)")
+    try:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise CliError(EXIT_CONFIG, f"cannot read {args.token_file}: {exc}") from None
+    if not token:
+        raise CliError(EXIT_CONFIG, f"{args.token_file} is empty")
+    request = {**policy.as_dict(), "grace": retention.format_duration(grace_s)}
+    request.pop("paths", None)
+    request["dry_run"] = bool(args.dry_run)
+    code = EXIT_OK
+    for url in args.server:
+        if len(args.server) > 1:
+            print(f"{url}:")
+        code = max(code, _prune_one(url, token, args, request))
+    return code
+
+
+def _prune_one(url: str, token: str, args: argparse.Namespace, request: dict[str, Any]) -> int:
+    try:
+        status, doc = admin_client.post_prune(url, token, args.tool, request, args.ca)
+    except admin_client.ClientError as exc:
+        raise CliError(EXIT_SERVER, str(exc)) from None
+    if status == 200:
+        for line in prune.summary_lines(doc):
+            print(line)
+        return EXIT_OK
+    message = f"{url} answered {status} {doc.get('error', '')}: {doc.get('message', '')}"
+    if status == 422:  # prune_unsafe: nothing was deleted
+        reason = doc.get("message")
+        print(f"dpmsfs-server: prune stopped, nothing deleted: {reason}", file=sys.stderr)
+        return EXIT_CORRUPT
+    if status == 409:
+        raise CliError(EXIT_BUSY, message)
+    if status in (401, 403):
+        raise CliError(EXIT_CONFIG, message)
+    if status in (400, 404):
+        raise CliError(EXIT_USAGE, message)
+    raise CliError(EXIT_SERVER, message)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from typing import Literal
 from remote import names, objfile
 from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH
 from remote.frames import BadFrameError, inspect_frame
-from remote.nsindex import NamespaceIndex
+from remote.nsindex import TOUCH_RESOLUTION_S, NamespaceIndex
 from remote.objfile import fsync_dir
 from remote.pool import BlobInfo, BlobPool, CorruptBlob, sync_file
 
@@ -69,6 +69,62 @@ class Accepted:
     status: str
     row: tuple[str, str, int] | None = None
     staged: Path | None = None
+    used: str = ""  # the digest registered with BlobUses until commit or discard
+    # the existing mapping an EXISTS answer relied on: commit confirms it (re-maps if pruned)
+    known: tuple[str, str, int] | None = None
+
+
+class BlobUses:
+    """Which blobs a request may be about to map, so an online blob sweep spares them.
+
+    A claim by digest (`missing`) or an upload (`accept` .. `commit`) calls `begin(digest)`
+    *before* it checks that the blob exists, and `end` after its mapping is committed (or
+    dropped). While a sweep is open (`open_sweep` .. `close_sweep`) every digest that was
+    begun or ended is also remembered. The sweep deletes a blob only inside `deleting`,
+    which holds the same lock and refuses a digest in use or remembered. So for a blob the
+    sweep deletes: a mapping made before the sweep opened is in the sweep's mapped set; a
+    request in flight is in use; one that began later finds the blob gone when it checks.
+    No mapping can name a deleted blob (the argument in full: docs/design.md).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_use: dict[str, int] = {}
+        self._seen: set[str] | None = None
+
+    def begin(self, digest: str) -> None:
+        with self._lock:
+            self._in_use[digest] = self._in_use.get(digest, 0) + 1
+            if self._seen is not None:
+                self._seen.add(digest)
+
+    def end(self, digests: Sequence[str]) -> None:
+        with self._lock:
+            for digest in digests:
+                left = self._in_use.get(digest, 0) - 1
+                if left > 0:
+                    self._in_use[digest] = left
+                else:
+                    self._in_use.pop(digest, None)
+                if self._seen is not None:
+                    self._seen.add(digest)
+
+    def open_sweep(self) -> None:
+        """Start remembering; call before the sweep reads which digests are mapped."""
+        with self._lock:
+            self._seen = set()
+
+    def close_sweep(self) -> None:
+        with self._lock:
+            self._seen = None
+
+    def delete_if_unused(self, digest: str, delete: Callable[[], None]) -> bool:
+        """Run `delete` unless `digest` is in use or was used since the sweep opened."""
+        with self._lock:
+            if digest in self._in_use or (self._seen is not None and digest in self._seen):
+                return False
+            delete()
+            return True
 
 
 class DiskStore:
@@ -85,6 +141,10 @@ class DiskStore:
         self._indexes_lock = threading.Lock()
         self._server_id = ""
         self._syncer = ThreadPoolExecutor(_SYNC_THREADS, thread_name_prefix="fsync")
+        self.uses = BlobUses()
+        # how stale a `touched` entry may get before a confirmation rewrites it; an online
+        # prune's grace must exceed it plus a tool's longest sync pass (docs/design.md)
+        self.touch_resolution_s = TOUCH_RESOLUTION_S
 
     def prepare(self) -> None:
         """Create the directories, the server id, and drop temp files left by a crash."""
@@ -131,6 +191,7 @@ class DiskStore:
             index = self._indexes.get(key)
             if index is None:
                 index = NamespaceIndex(self.ns_root / key / "index.sqlite")
+                index.touch_resolution_s = self.touch_resolution_s
                 self._indexes[key] = index
             return index
 
@@ -170,26 +231,40 @@ class DiskStore:
         claims: list[tuple[str, str, int]] = []
         present: list[str] = []
         out: list[str] = []
-        for id, digest in objects:
-            have = mapped.get(id)
-            if have is not None and self.intact_blob(have) is not None:
-                present.append(id)
-                continue
-            if digest is not None:
-                found = self.intact_blob(digest)
-                if found is not None and found[0].xxh3 == id:
-                    claims.append((id, digest, found[0].frame_size))
-                    mapped[id] = digest
+        claimed: list[str] = []  # digests this call may map: a blob sweep spares them
+        try:
+            for id, digest in objects:
+                have = mapped.get(id)
+                if have is not None and self.intact_blob(have) is not None:
+                    present.append(id)
                     continue
-            out.append(id)
-        if claims:
-            # The blob may have been published by an upload still syncing its directory.
-            self._sync_all(fsync_dir, {self.pool.path(d).parent for _, d, _ in claims})
-            index.add_many(claims)
+                if digest is not None:
+                    self.uses.begin(digest)
+                    claimed.append(digest)
+                    found = self.intact_blob(digest)
+                    if found is not None and found[0].xxh3 == id:
+                        claims.append((id, digest, found[0].frame_size))
+                        mapped[id] = digest
+                        continue
+                out.append(id)
+            if claims:
+                # The blob may have been published by an upload still syncing its directory.
+                self._sync_all(fsync_dir, {self.pool.path(d).parent for _, d, _ in claims})
+                index.add_many(claims)
+        finally:
+            self.uses.end(claimed)
         # "present" must stay true until the tool's snapshot ref lands: prune keeps what
         # was confirmed within its grace period (nsindex.touched)
-        index.touch(present)
-        return out
+        return out + self._confirm(index, present)
+
+    def _confirm(self, index: NamespaceIndex, ids: list[str]) -> list[str]:
+        """Touch `ids` (mapped a moment ago), then those an online prune deleted between
+        the lookup and the touch: once touched, no prune within its grace deletes them."""
+        index.touch(ids)
+        if not ids:
+            return []
+        still = index.lookup(ids)
+        return [i for i in ids if i not in still]
 
     def accept(self, namespace: str, id: str, digest: str, frame: bytes) -> Accepted:
         """Verify one upload record and stage its blob if the pool needs it.
@@ -203,15 +278,24 @@ class DiskStore:
             return Accepted(BAD_FRAME)
         if found.id != id or found.sha256 != digest:
             return Accepted(HASH_MISMATCH)
+        # from here until commit or discard the blob sweep spares `digest` (BlobUses)
+        self.uses.begin(digest)
+        try:
+            return self._accept(namespace, id, digest, frame)
+        except BaseException:
+            self.uses.end([digest])
+            raise
+
+    def _accept(self, namespace: str, id: str, digest: str, frame: bytes) -> Accepted:
         mapped = self.index(namespace).get(id)
         if mapped is not None and mapped != digest and self.intact_blob(mapped) is not None:
-            return Accepted(EXISTS)  # the first verified mapping of an id wins
+            return Accepted(EXISTS, used=digest)  # the first verified mapping of an id wins
         if self.intact_blob(digest) is not None:
             if mapped == digest:
-                return Accepted(EXISTS)
-            return Accepted(CREATED, (id, digest, len(frame)))
+                return Accepted(EXISTS, used=digest, known=(id, digest, len(frame)))
+            return Accepted(CREATED, (id, digest, len(frame)), used=digest)
         tmp = self.pool.write_temp(digest, id, frame, sync=False)
-        return Accepted(CREATED, (id, digest, len(frame)), tmp)
+        return Accepted(CREATED, (id, digest, len(frame)), tmp, used=digest)
 
     def commit(self, namespace: str, accepted: Sequence[Accepted]) -> None:
         """Make a batch durable: fsync staged blobs, publish them, fsync their directories,
@@ -227,17 +311,24 @@ class DiskStore:
                     else:
                         dirs.add(self.pool.publish(tmp, digest))
             self._sync_all(fsync_dir, dirs)
+            index = self.index(namespace)
+            known = [a.known for a in accepted if a.known is not None]
+            index.add_many([a.row for a in accepted if a.row is not None])
+            # an "exists" answer must stay true like a "present" one (see _confirm)
+            vanished = set(self._confirm(index, [row[0] for row in known]))
+            index.add_many([row for row in known if row[0] in vanished])
         except BaseException:
             for tmp in staged:
                 _discard(tmp)
-            raise
-        self.index(namespace).add_many([a.row for a in accepted if a.row is not None])
+            raise  # the caller's `discard` ends the blob uses
+        self.uses.end([a.used for a in accepted if a.used])
 
     def discard(self, accepted: Sequence[Accepted]) -> None:
         """Drop the staged blobs of a batch that will not be committed."""
         for a in accepted:
             if a.staged is not None:
                 _discard(a.staged)
+        self.uses.end([a.used for a in accepted if a.used])
 
     def _sync_all(self, fn: Callable[[Path], None], paths: set[Path]) -> None:
         if len(paths) <= 1:

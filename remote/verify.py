@@ -7,7 +7,9 @@
   (a *dangling* mapping is reported; it is left in place because a re-upload heals it);
 - every ref record must match its own header hash (else quarantined).
 
-Safe to run while the server is serving the same directory: it only moves corrupt files.
+Safe to run while the server is serving the same directory, an online prune included: it
+only moves corrupt files, and a mapping found dangling is looked up again before it is
+reported (prune deletes a mapping, then its blob, between verify's two reads).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from remote import names, objfile
 from remote.nsindex import NamespaceIndex
-from remote.pool import CorruptBlob
+from remote.pool import BlobPool, CorruptBlob
 from remote.store import DiskStore
 
 log = logging.getLogger(__name__)
@@ -73,20 +75,25 @@ def scrub(
     if namespace is not None:
         spaces = [n for n in spaces if n == names.namespace_dir(namespace)]
     for ns in spaces:
-        for id, digest in _rows(store, ns):
-            summary.mappings += 1
-            try:
-                info, _ = pool.read(digest)
-            except FileNotFoundError:
-                reason = f"maps to blob {digest}, which is absent"
-            except CorruptBlob as exc:
-                reason = f"maps to blob {digest}, which is damaged: {exc}"
-            else:
-                if info.xxh3 == id:
+        path = store.ns_root / ns / "index.sqlite"
+        if not path.exists():
+            continue
+        index = NamespaceIndex(path)
+        try:
+            for id, digest in index.iter_rows():
+                summary.mappings += 1
+                reason = _mapping_problem(pool, id, digest)
+                if reason is not None:
+                    # an online prune deletes the mapping before its blob, and a claim or
+                    # upload may map it again: only what is still wrong now is damage
+                    now = index.get(id)
+                    reason = None if now is None else _mapping_problem(pool, id, now)
+                if reason is None:
                     continue
-                reason = f"maps to blob {digest} of xxh3 {info.xxh3}"
-            summary.corrupt += 1
-            yield Finding("mapping", f"{ns}/{id}", reason, None)
+                summary.corrupt += 1
+                yield Finding("mapping", f"{ns}/{id}", reason, None)
+        finally:
+            index.close()
     for ref in store.iter_refs(namespace):
         try:
             problem = objfile.verify_file(ref.path)
@@ -98,6 +105,18 @@ def scrub(
         summary.corrupt += 1
         moved = store.quarantine_ref(ref, problem) if quarantine else None
         yield Finding("ref", f"{ref.namespace_dir}/{ref.name}", problem, moved)
+
+
+def _mapping_problem(pool: BlobPool, id: str, digest: str) -> str | None:
+    try:
+        info, _ = pool.read(digest)
+    except FileNotFoundError:
+        return f"maps to blob {digest}, which is absent"
+    except CorruptBlob as exc:
+        return f"maps to blob {digest}, which is damaged: {exc}"
+    if info.xxh3 == id:
+        return None
+    return f"maps to blob {digest} of xxh3 {info.xxh3}"
 
 
 def _rows(store: DiskStore, namespace: str) -> Iterator[tuple[str, str]]:

@@ -29,6 +29,7 @@ from dpmsfs.capture.engine import CaptureEngine
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
+from dpmsfs.sync.pins import PinsPusher
 from dpmsfs.sync.pusher import PassReport, Pusher, ServerChanged, Stopped
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
@@ -76,11 +77,15 @@ class SyncService:
         self.throttle = Throttle(bandwidth_limit, stop=self.stop)
         self.pusher = Pusher(store, self.state, backend, throttle=self.throttle, stop=self.stop)
         self.status = SyncStatus()
+        self.pins = PinsPusher(store, backend, now_ns)
         self.totals = PassReport()
         self.now_ns = now_ns
         self._wake = trio.Event()
         self._recheck = False
         self._pass_done = trio.Event()
+        # called on the trio thread after each pass that ended without error (the fleet
+        # report, dpmsfs/sync/reporter.py)
+        self.pass_listeners: list[Callable[[], None]] = []
         self.trigger = (
             SnapshotTrigger(engine, snapshot_idle_seconds, snapshot_min_seconds)
             if engine is not None
@@ -125,6 +130,9 @@ class SyncService:
             try:
                 await self._in_thread(self._one_pass)
                 delay = FIRST_BACKOFF
+                if not self.status.last_error:
+                    for listener in self.pass_listeners:
+                        listener()
             except Stopped:
                 return
             except ServerChanged as exc:
@@ -177,6 +185,8 @@ class SyncService:
                     self._recheck = False
                     self.pusher.recheck()
                 report = self.pusher.run_pass(self.totals)
+                if not report.blocked:
+                    self.pins.push()  # the server's prune keeps what the tool pinned
                 self.status.server_id = self.backend.server_id()
         finally:
             self.status.running = False
