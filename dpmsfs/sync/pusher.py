@@ -36,7 +36,7 @@ from dpmsfs.store.tree import EntryType
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
 from remote.backend import STORED_STATUSES, Backend
-from remote.errors import ConflictError
+from remote.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class Pusher:
         server_id = self._adopt_server()
         key = server_key(server_id)
         audit = self.state.needs_audit(key)
+        self._repair_damaged(server_id, report)
         attempted: set[str] = set()
         while True:
             record = self._next_unconfirmed(key, attempted)
@@ -145,6 +146,50 @@ class Pusher:
             log.info("recheck of server %s finished", server_id)
         self.progress = Progress()
         return report
+
+    def _repair_damaged(self, server_id: str, report: PassReport) -> None:
+        """Upload again what the server found damaged since we last asked (a blob that
+        `dpmsfs-server verify`, a `missing` re-check or a client's `objects:suspect`
+        quarantined): its snapshots were confirmed complete there, so no walk of ours
+        would send it again. From the local store, where it is checked against its id;
+        an id the store no longer holds is logged and left to `dpmsfs sync --recheck`."""
+        key = server_key(server_id)
+        try:
+            ids, cursor = self._call(
+                server_id, lambda: self.backend.damaged(self.state.damaged_cursor(key))
+            )
+        except NotFoundError:
+            log.debug("server %s does not list damaged objects", server_id)
+            return
+        wanted: list[bytes] = []
+        for hex_id in ids:
+            oid = bytes.fromhex(hex_id)
+            if self.store.locate(oid) is None:
+                log.warning("the server lost object %s, which this store no longer holds", hex_id)
+                continue
+            wanted.append(oid)
+        for start in range(0, len(wanted), self.batch_objects):
+            part = wanted[start : start + self.batch_objects]
+            frames: dict[bytes, bytes] = {}
+            digests: dict[bytes, bytes] = {}
+            for oid in part:
+                try:
+                    frame, plain = self._read_verified(oid)
+                except _Blocked as exc:
+                    log.warning("cannot repair the server's copy: %s", exc)
+                    continue
+                frames[oid] = frame
+                digests[oid] = hashlib.sha256(plain).digest()
+            send = [o for o in part if o in frames]
+            if not send:
+                continue
+            log.warning("server %s: uploading %d damaged objects again", server_id, len(send))
+            try:
+                self._upload(send, frames, digests, server_id, report, record_each=True)
+            except _Blocked as exc:  # the cursor stays: the next pass asks again
+                log.warning("repair of the server's damaged copies failed: %s", exc)
+                return
+        self.state.set_damaged_cursor(key, cursor)
 
     def queue(self, server_id: str | None = None) -> list[SnapshotRecord]:
         """The local snapshots not confirmed on `server_id` (default: the last answering)."""
