@@ -25,10 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from chunker import CorruptChunkError, chunk_id, decompress_chunk
+from dpmsfs.capture import priority
 from dpmsfs.store.errors import CorruptObjectError, ObjectNotFoundError, StoreError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
@@ -86,6 +88,16 @@ class _Batch:
 
     def __len__(self) -> int:
         return len(self.chunks) + len(self.trees)
+
+
+@dataclass
+class _Prepared:
+    """A batch read and hashed, ready to be asked about and uploaded."""
+
+    batch: _Batch
+    frames: dict[bytes, bytes]
+    digests: dict[bytes, bytes]
+    new_hashes: list[tuple[bytes, bytes]]
 
 
 class Pusher:
@@ -246,17 +258,28 @@ class Pusher:
         self.progress = Progress(snapshot=record.name)
         seen: set[bytes] = set()
         batch = _Batch()
-        for kind, oid, size in self._walk(record.root_tree_id, key, seen):
-            if kind == "tree":
-                batch.trees.append(oid)
-            else:
-                batch.chunks.append(oid)
-            batch.nbytes += size
-            self.progress.objects_pending += 1
-            self.progress.bytes_pending += size
-            if len(batch) >= self.batch_objects or batch.nbytes >= self.batch_bytes:
-                self._flush(batch, server_id, report)
-                batch = _Batch()
+        # A bounded pipeline: batch n+1 is read from the packs and hashed on one helper
+        # thread while batch n is asked about and uploaded here, so at most two batches'
+        # frames are in memory (2 x batch_bytes). Batches are sent in walk order, which
+        # keeps every tree behind everything it names.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-hash") as hasher:
+            ahead: Future[_Prepared] | None = None
+            for kind, oid, size in self._walk(record.root_tree_id, key, seen):
+                if kind == "tree":
+                    batch.trees.append(oid)
+                else:
+                    batch.chunks.append(oid)
+                batch.nbytes += size
+                self.progress.objects_pending += 1
+                self.progress.bytes_pending += size
+                if len(batch) >= self.batch_objects or batch.nbytes >= self.batch_bytes:
+                    following = hasher.submit(self._prepare_in_background, batch)
+                    if ahead is not None:
+                        self._send(ahead.result(), server_id, report)
+                    ahead = following
+                    batch = _Batch()
+            if ahead is not None:
+                self._send(ahead.result(), server_id, report)
         self._flush(batch, server_id, report)
         self._check_server(server_id)
         self._check_stop()
@@ -338,10 +361,16 @@ class Pusher:
 
     # -- one batch ----------------------------------------------------------------------
     def _flush(self, batch: _Batch, server_id: str, report: PassReport) -> None:
-        if not len(batch):
-            return
-        self._check_stop()
-        key = server_key(server_id)
+        if len(batch):
+            self._send(self._prepare(batch), server_id, report)
+
+    def _prepare_in_background(self, batch: _Batch) -> _Prepared:
+        with priority.background():  # the helper thread, like the pass, yields to the tool
+            return self._prepare(batch)
+
+    def _prepare(self, batch: _Batch) -> _Prepared:
+        """Frames and SHA-256 of a batch's objects not hashed before (read once from the
+        local packs, checked against their ids)."""
         ids = batch.chunks + batch.trees
         frames: dict[bytes, bytes] = {}
         digests: dict[bytes, bytes] = {}
@@ -357,7 +386,15 @@ class Pusher:
                 digests[oid] = hashlib.sha256(plain).digest()
                 frames[oid] = frame
                 new_hashes.append((oid, digests[oid]))
+        return _Prepared(batch, frames, digests, new_hashes)
+
+    def _send(self, prepared: _Prepared, server_id: str, report: PassReport) -> None:
+        """One `missing` query for a prepared batch, then the upload of what is missing."""
         self._check_stop()
+        batch, frames, digests = prepared.batch, prepared.frames, prepared.digests
+        new_hashes = prepared.new_hashes
+        key = server_key(server_id)
+        ids = batch.chunks + batch.trees
         query = [(o.hex(), digests[o].hex()) for o in ids]
         missing = set(self._call(server_id, lambda: self.backend.missing(query)))
         report.objects_checked += len(ids)
