@@ -12,8 +12,12 @@ uploading an xxh3 collision first.
   and is not missing: this is the cross-tool dedup, and no bytes move.
 - `upload` sends (id, sha256, frame) records; the server decodes each frame and checks both
   hashes; a mismatch rejects that record only (status `hash_mismatch` or `bad_frame`).
-- Downloads (`load`, `load_many`) are verified by the client too: the frame decodes and its
-  plain content hashes to the id asked for (`IntegrityError` otherwise).
+- Downloads (`load`, `load_many`, `load_many_plain`) are verified by the client: the frame
+  decodes and its plain content hashes to the id asked for (`IntegrityError` otherwise).
+  The server sends blobs after cheap checks only (docs/design.md), so this check is the
+  one that keeps damaged bytes out of a restore.
+- `damaged` lists ids whose server copy was quarantined since a cursor: the sync uploads
+  them again from the local store.
 - Refs are small named records, append-only for tools: storing a ref again with the same
   bytes is a no-op, with different bytes a `ConflictError`. Deleting needs an admin
   credential (`AuthError` otherwise).
@@ -68,6 +72,21 @@ class Backend(Protocol):
 
     def load_many(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
         """(id, frame or None if the server lacks it), verified as `load`, order as given."""
+        ...
+
+    def load_many_plain(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """As `load_many`, but the *plain content* of each object: the frame decoded once
+        and its xxh3-128 checked against the id (`IntegrityError` otherwise). For readers
+        that want the bytes (a restore), so nothing decodes a frame twice."""
+        ...
+
+    def damaged(self, after: int = 0) -> tuple[Keys, int]:
+        """(ids, cursor): ids of this namespace whose server copy was found damaged and
+        quarantined after cursor `after` (0: ever), and the cursor to ask with next time.
+
+        How a tool learns, in its normal sync passes, what it must upload again
+        (docs/remote-api.md, `objects:damaged`).
+        """
         ...
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:

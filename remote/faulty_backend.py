@@ -56,6 +56,15 @@ class FaultyBackend:
         """Faults apply to the whole call (before the first item, or after the last)."""
         return iter(self._run("load_many", lambda: builtins.list(self.wrapped.load_many(ids))))
 
+    def load_many_plain(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        """Faults apply to the whole call, as `load_many`."""
+        return iter(
+            self._run("load_many_plain", lambda: builtins.list(self.wrapped.load_many_plain(ids)))
+        )
+
+    def damaged(self, after: int = 0) -> tuple[Keys, int]:
+        return self._run("damaged", lambda: self.wrapped.damaged(after))
+
     def list(self, after: str = "", limit: int = 1000) -> Keys:
         return self._run("list", lambda: self.wrapped.list(after, limit))
 

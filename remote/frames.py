@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import xxhash
 
 from chunker import CorruptChunkError, compress_chunk, decompress_chunk
+from chunker.compress import FLAG_RAW, HEADER_SIZE, frame_info
 
 DIGEST_RE = re.compile(r"^[0-9a-f]{64}$")
 MAX_FRAME_SIZE = 64 << 20  # the server's default max object size (frame bytes)
@@ -61,3 +62,34 @@ def make_record(plain: bytes) -> tuple[str, str, bytes]:
     """(id, sha256, frame) of plain content: one upload record, for callers and tests."""
     digests = digests_of_plain(plain)
     return digests.id, digests.sha256, compress_chunk(plain)
+
+
+def plain_of_verified(id: str, frame: bytes | memoryview) -> bytes:
+    """The plain content of `frame`, decoded once and checked against `id` (xxh3-128).
+
+    The download check: the tool's id names the content its snapshot needs, so a frame
+    whose plain bytes hash to `id` is exactly what the tool stored, whatever happened to it
+    on the server or on the wire. No SHA-256 here: that is the server's cross-tool dedup
+    key, checked at upload and by the scrubber, and it adds nothing to this check.
+    Raises `BadFrameError` if the frame does not decode or its content is not `id`.
+    """
+    try:
+        plain = decompress_chunk(frame)
+    except CorruptChunkError as exc:
+        raise BadFrameError(str(exc)) from exc
+    found = str(xxhash.xxh3_128_hexdigest(plain))
+    if found != id:
+        raise BadFrameError(f"content does not match its id (it hashes to {found})")
+    return plain
+
+
+def check_frame_header(frame: bytes | memoryview) -> None:
+    """The cheap check of a frame the server is about to send: a known flag and, for a
+    raw frame, exactly the declared length (a zstd frame's length is checked by decoding,
+    which is the client's job). `BadFrameError` otherwise."""
+    try:
+        flag, size = frame_info(frame)
+    except CorruptChunkError as exc:
+        raise BadFrameError(str(exc)) from exc
+    if flag == FLAG_RAW and len(frame) - HEADER_SIZE != size:
+        raise BadFrameError(f"raw frame declares {size} bytes, holds {len(frame) - HEADER_SIZE}")

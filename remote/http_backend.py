@@ -37,7 +37,7 @@ from remote.errors import (
     error_for_status,
     is_temporary_status,
 )
-from remote.frames import BadFrameError, inspect_frame, is_digest
+from remote.frames import BadFrameError, inspect_frame, is_digest, plain_of_verified
 from remote.retry import Retrier
 
 log = logging.getLogger(__name__)
@@ -280,15 +280,48 @@ class HttpBackend:
         return self._retry(f"load {id}", fetch)
 
     def load_many(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        return self._load_many(ids, plain=False)
+
+    def load_many_plain(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        return self._load_many(ids, plain=True)
+
+    def _load_many(self, ids: Sequence[str], plain: bool) -> Iterator[tuple[str, bytes | None]]:
         for id in ids:
             _check_id(id)
         for start in range(0, len(ids), DOWNLOAD_BATCH):
             batch = list(ids[start : start + DOWNLOAD_BATCH])
-            fetch = functools.partial(self._download_batch, batch)
+            fetch = functools.partial(self._download_checked, batch, plain)
             yield from self._retry(f"download of {len(batch)} objects", fetch)
 
-    def _download_batch(self, ids: list[str]) -> list[tuple[str, bytes | None]]:
-        """One objects:download request, read as a stream and verified record by record.
+    def _download_checked(self, ids: list[str], plain: bool) -> list[tuple[str, bytes | None]]:
+        """A download batch; a frame that fails the check is reported to the server
+        (`objects:suspect`: it re-checks that blob in full and quarantines it if damaged)
+        and the batch asked once more, so a blob that rotted on the server's disk reads as
+        absent (the tool re-uploads it) instead of failing every retry the same way."""
+        try:
+            return self._download_batch(ids, plain)
+        except _DamagedFrame as exc:
+            damaged = self._suspect([exc.id])
+            log.warning(
+                "object %s downloaded damaged (%s); server found its copy %s",
+                exc.id,
+                exc.reason,
+                "damaged and quarantined it" if damaged else "sound",
+            )
+            try:
+                return self._download_batch(ids, plain)
+            except _DamagedFrame as again:
+                raise IntegrityError(f"object {again.id}: {again.reason}") from None
+
+    def _suspect(self, ids: list[str]) -> list[str]:
+        path = self._ns("objects:suspect")
+        resp = self._call("suspect", "POST", path, (200,), json={"ids": ids})
+        damaged = _json(resp).get("damaged", [])
+        return [str(i) for i in damaged] if isinstance(damaged, list) else []
+
+    def _download_batch(self, ids: list[str], plain: bool) -> list[tuple[str, bytes | None]]:
+        """One objects:download request, read as a stream and verified record by record
+        (`plain`: decoded once, and the plain content returned instead of the frame).
 
         Returned whole (not yielded) so a retry after a broken stream starts the batch
         again instead of handing the caller some records twice.
@@ -308,13 +341,35 @@ class HttpBackend:
                     continue
                 frame = _read_exactly(raw, size)
                 self._throttle(size)
-                _verify_frame(want, frame)
-                out.append((want, frame))
+                try:
+                    if plain:
+                        out.append((want, plain_of_verified(want, frame)))
+                    else:
+                        _verify_frame(want, frame)
+                        out.append((want, frame))
+                except (BadFrameError, IntegrityError) as exc:
+                    raise _DamagedFrame(want, str(exc)) from None
         except (requests.RequestException, OSError) as exc:
             raise TemporaryRemoteError(f"download stream broke: {exc}") from exc
         finally:
             resp.close()
         return out
+
+    def damaged(self, after: int = 0) -> tuple[Keys, int]:
+        params = {"after": str(after)}
+        path = self._ns("objects:damaged")
+        resp = self._retry(
+            "damaged", lambda: self._call("damaged", "GET", path, (200,), params=params)
+        )
+        doc = _json(resp)
+        try:
+            ids = [str(i) for i in doc["ids"]]
+            cursor = int(doc["cursor"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentRemoteError(f"damaged answer malformed: {exc}") from exc
+        for id in ids:
+            _check_id(id)
+        return ids, cursor
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:
         params: dict[str, str | int] = {"after": after, "limit": limit}
@@ -404,6 +459,15 @@ def _read_exactly(raw: Any, n: int) -> bytes:
         parts.append(piece)
         left -= len(piece)
     return b"".join(parts)
+
+
+class _DamagedFrame(Exception):
+    """A downloaded frame failed its check (internal: reported, then asked again)."""
+
+    def __init__(self, id: str, reason: str) -> None:
+        super().__init__(f"{id}: {reason}")
+        self.id = id
+        self.reason = reason
 
 
 def _verify_frame(id: str, frame: bytes) -> None:

@@ -25,8 +25,20 @@ from typing import Any
 
 from remote import names
 from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH, Keys
-from remote.errors import AuthError, ConflictError, NotFoundError, PermanentRemoteError
-from remote.frames import MAX_FRAME_SIZE, BadFrameError, inspect_frame, is_digest
+from remote.errors import (
+    AuthError,
+    ConflictError,
+    IntegrityError,
+    NotFoundError,
+    PermanentRemoteError,
+)
+from remote.frames import (
+    MAX_FRAME_SIZE,
+    BadFrameError,
+    inspect_frame,
+    is_digest,
+    plain_of_verified,
+)
 
 
 @dataclass(slots=True)
@@ -188,6 +200,25 @@ class MemoryBackend:
                 yield id, self.load(id)
             except NotFoundError:
                 yield id, None
+
+    def load_many_plain(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        for id, frame in self.load_many(ids):
+            if frame is None:
+                yield id, None
+                continue
+            try:
+                yield id, plain_of_verified(id, frame)
+            except BadFrameError as exc:
+                raise IntegrityError(f"object {id}: {exc}") from exc
+
+    def damaged(self, after: int = 0) -> tuple[Keys, int]:
+        """The cursor is a position in the server's quarantine list."""
+        if after < 0:
+            raise ValueError("cursor must not be negative")
+        with self.server.lock:
+            since = set(self.server.quarantined[after:])
+            ids = sorted(id for id, d in self._ns.objects.items() if d in since)
+            return ids, len(self.server.quarantined)
 
     def list(self, after: str = "", limit: int = 1000) -> Keys:
         with self.server.lock:

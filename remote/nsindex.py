@@ -224,6 +224,16 @@ class NamespaceIndex:
         with self._lock:
             return {bytes.fromhex(row[0]) for row in self._db.execute("SELECT digest FROM objects")}
 
+    def ids_of_digests(self, digests: Iterable[str]) -> list[str]:
+        """The ids this namespace maps to any of `digests`, sorted (a full scan of the
+        map: asked only when blobs were quarantined, which is rare)."""
+        wanted = set(digests)
+        if not wanted:
+            return []
+        with self._lock:
+            rows = self._db.execute("SELECT id, digest FROM objects").fetchall()
+        return sorted(id for id, digest in rows if digest in wanted)
+
     def delete(self, id: str) -> bool:
         with self._lock:
             cur = self._db.execute("DELETE FROM objects WHERE id = ?", (id,))

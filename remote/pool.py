@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from remote import objfile
-from remote.frames import BadFrameError, inspect_frame, is_digest
+from remote.frames import BadFrameError, check_frame_header, inspect_frame, is_digest
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,24 @@ class BlobPool:
         if len(frame) != size:
             raise CorruptBlob(f"frame is {len(frame)} bytes, header says {size}")
         return BlobInfo(digest, xxh3.hex(), size), frame
+
+    def read_for_sending(self, digest: str) -> tuple[BlobInfo, bytes]:
+        """(header, frame) of blob `digest` with the cheap checks only: the 64-byte header
+        (magic, digest = file name, frame length as recorded) and the frame's own header.
+
+        What a download needs from the server (docs/design.md, "What the server checks
+        when it sends"): the client decodes the frame and checks its xxh3-128 against the
+        id it asked for, so a blob whose payload rotted is never taken for good data, and
+        `dpmsfs-server verify` finds and quarantines it. Re-hashing here as well would
+        double the work of every restore. FileNotFoundError if absent, CorruptBlob if a
+        cheap check fails (the caller quarantines).
+        """
+        info, frame = self.read(digest)
+        try:
+            check_frame_header(frame)
+        except BadFrameError as exc:
+            raise CorruptBlob(f"frame header: {exc}") from exc
+        return info, frame
 
     def check(self, digest: str) -> tuple[BlobInfo, bytes]:
         """Read and fully verify blob `digest`: decode, SHA-256 and xxh3-128 as recorded.

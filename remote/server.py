@@ -47,13 +47,14 @@ MAX_REF_SIZE = 1 << 20
 MAX_JSON_SIZE = 16 << 20
 MAX_MISSING = 10_000
 MAX_DOWNLOAD = 1_000
+MAX_SUSPECT = 64  # ids per objects:suspect (each is re-hashed in full)
 MAX_LIST_LIMIT = 10_000
 DEFAULT_LIST_LIMIT = 1_000
 DRAIN_LIMIT = 256 << 20  # refused bodies up to this size are read and dropped, not reset
 RECORD = struct.Struct(">16s32sI")  # id, sha256, frame length: upload and download records
 ABSENT = 0xFFFFFFFF  # download record length of an id the server lacks
 _DISK_FULL_WINERRORS = (39, 112)  # ERROR_HANDLE_DISK_FULL, ERROR_DISK_FULL
-_PIECE = 1 << 20
+SEND_GROUP = 8  # objects:download reads this many frames per store call
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -402,6 +403,12 @@ class App:
         elif tail == ["objects:download"]:
             _only(req, "POST")
             await self._download(req, send, ns)
+        elif tail == ["objects:suspect"]:
+            _only(req, "POST")
+            await self._suspect(req, send, ns)
+        elif tail == ["objects:damaged"]:
+            _only(req, "GET")
+            await self._damaged(req, send, ns)
         elif tail == ["objects"]:
             _only(req, "GET")
             await self._list_objects(req, send, ns)
@@ -508,20 +515,54 @@ class App:
             ],
         }
         await send(start)
-        for id in ids:
-            found = await self._run(self.store.read_object, ns, id)
-            if found is None:
-                piece = RECORD.pack(bytes.fromhex(id), bytes(32), ABSENT)
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-                continue
-            frame, digest = found
-            head = RECORD.pack(bytes.fromhex(id), bytes.fromhex(digest), len(frame))
-            await send({"type": "http.response.body", "body": head, "more_body": True})
-            view = memoryview(frame)
-            for pos in range(0, len(frame), 4 * _PIECE):
-                chunk = bytes(view[pos : pos + 4 * _PIECE])
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        # Groups of SEND_GROUP ids are read on a store thread while the group before is
+        # sent: at most two groups of frames in memory per request (2 x 8 frames, each
+        # one chunk of at most a few MiB), and the disk read overlaps the socket write.
+        groups = [ids[i : i + SEND_GROUP] for i in range(0, len(ids), SEND_GROUP)]
+        loop = asyncio.get_running_loop()
+        ahead = (
+            loop.run_in_executor(self._pool, self.store.objects_for_sending, ns, groups[0])
+            if groups
+            else None
+        )
+        for index, group in enumerate(groups):
+            assert ahead is not None
+            found_group = await ahead
+            if index + 1 < len(groups):
+                nxt = groups[index + 1]
+                ahead = loop.run_in_executor(self._pool, self.store.objects_for_sending, ns, nxt)
+            for id, found in zip(group, found_group, strict=True):
+                if found is None:
+                    piece = RECORD.pack(bytes.fromhex(id), bytes(32), ABSENT)
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+                    continue
+                _, frame, digest = found
+                # The record head and its frame in one message: one write to the socket,
+                # no slicing of the frame into copies.
+                head = RECORD.pack(bytes.fromhex(id), bytes.fromhex(digest), len(frame))
+                await send({"type": "http.response.body", "body": head + frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _suspect(self, req: Request, send: Send, ns: str) -> None:
+        """A client found downloaded frames damaged: re-check those blobs in full."""
+        doc = await self._json_body(req)
+        ids = doc.get("ids") if isinstance(doc, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "bad_json", 'body must be {"ids": [...]}')
+        if len(ids) > MAX_SUSPECT:
+            raise ApiError(413, "too_large", f"at most {MAX_SUSPECT} ids per request")
+        bad = [i for i in ids if not names.is_key(i)]
+        if bad:
+            raise ApiError(400, "bad_id", f"invalid object ids: {bad[:5]!r}")
+        damaged = await self._run(self.store.suspect, ns, ids)
+        await self._send_json(req, send, 200, {"damaged": damaged})
+
+    async def _damaged(self, req: Request, send: Send, ns: str) -> None:
+        raw = req.query.get("after", ["0"])[-1]
+        if not raw.isdigit() or len(raw) > 20:
+            raise ApiError(400, "bad_cursor", "after must be a cursor this endpoint returned")
+        ids, cursor = await self._run(self.store.damaged_since, ns, int(raw))
+        await self._send_json(req, send, 200, {"ids": ids, "cursor": cursor})
 
     async def _list_objects(self, req: Request, send: Send, ns: str) -> None:
         after = req.query.get("after", [""])[-1]
@@ -536,10 +577,10 @@ class App:
     async def _object(self, req: Request, send: Send, grant: auth.Grant, ns: str, id: str) -> None:
         _only(req, "GET", "DELETE")
         if req.method == "GET":
-            found = await self._run(self.store.read_object, ns, id)
+            (found,) = await self._run(self.store.objects_for_sending, ns, [id])
             if found is None:
                 raise ApiError(404, "not_found", f"no object {id}")
-            frame, digest = found
+            _, frame, digest = found
             headers = {"X-Content-SHA256": digest}
             await self._send_bytes(req, send, 200, frame, "application/octet-stream", headers)
             return
@@ -719,6 +760,8 @@ _NAMESPACE_ROUTES = {
     ("objects:missing",): "objects:missing",
     ("objects:upload",): "objects:upload",
     ("objects:download",): "objects:download",
+    ("objects:suspect",): "objects:suspect",
+    ("objects:damaged",): "objects:damaged",
     ("objects",): "objects",
     ("refs",): "refs",
     ("stats",): "stats",

@@ -34,7 +34,7 @@ from typing import Literal
 
 from remote import names, objfile
 from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH
-from remote.frames import BadFrameError, inspect_frame
+from remote.frames import BadFrameError, inspect_frame, is_digest
 from remote.nsindex import TOUCH_RESOLUTION_S, NamespaceIndex
 from remote.objfile import fsync_dir
 from remote.pool import BlobInfo, BlobPool, CorruptBlob, sync_file
@@ -45,6 +45,8 @@ _LOCK_STRIPES = 64
 # fsyncs of one batch run in parallel: ext4 and NTFS fold concurrent flushes into fewer
 # journal commits (measured: ~2-3 ms per 1 MiB blob instead of 7-10 ms one after the other)
 _SYNC_THREADS = 8
+# A damaged-list cursor trails the clock by this much (DiskStore.damaged_since).
+DAMAGED_SETTLE_NS = 10_000_000_000
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,69 @@ class DiskStore:
         if found is None:
             return None
         return found[1], digest
+
+    def objects_for_sending(
+        self, namespace: str, ids: Sequence[str]
+    ) -> list[tuple[str, bytes, str] | None]:
+        """For a download: (id, frame, digest) of each id, None where unmapped or failing
+        the cheap checks (`BlobPool.read_for_sending`; such a blob is quarantined).
+
+        No decode and no hashing: the client checks every frame against its id
+        (docs/design.md, "What the server checks when it sends"). One index lookup for
+        all of `ids`.
+        """
+        mapped = self.index(namespace).lookup(list(ids))
+        out: list[tuple[str, bytes, str] | None] = []
+        for id in ids:
+            digest = mapped.get(id)
+            if digest is None:
+                out.append(None)
+                continue
+            try:
+                info, frame = self.pool.read_for_sending(digest)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+            except CorruptBlob as exc:
+                with self._lock(digest):
+                    self.pool.quarantine(digest, str(exc))
+                out.append(None)
+                continue
+            if info.xxh3 != id:  # the header's verified statement names another content
+                out.append(None)
+                continue
+            out.append((id, frame, digest))
+        return out
+
+    def suspect(self, namespace: str, ids: Sequence[str]) -> list[str]:
+        """A client says these ids downloaded damaged: re-check their blobs in full (and
+        quarantine the damaged ones). Returns the ids whose blob is damaged or gone.
+
+        Only the full check decides, so a client cannot make the server drop a sound blob.
+        """
+        mapped = self.index(namespace).lookup(list(ids))
+        return [id for id in ids if id in mapped and self.intact_blob(mapped[id]) is None]
+
+    def damaged_since(self, namespace: str, after_ns: int) -> tuple[list[str], int]:
+        """(ids, cursor): ids of `namespace` mapped to a blob quarantined after `after_ns`
+        (the quarantine file's time stamp, `<digest>.<time_ns>`), and the cursor to ask
+        with next. The cursor stays DAMAGED_SETTLE_NS behind the clock, so a quarantine
+        that was being renamed while this listed the directory is reported next time (an
+        id reported twice costs one upload answered "exists")."""
+        qdir = self.quarantine_dir / "pool"
+        digests: set[str] = set()
+        try:
+            entries = os.listdir(qdir)
+        except FileNotFoundError:
+            entries = []
+        for name in entries:
+            digest, _, stamp = name.partition(".")
+            if is_digest(digest) and stamp.isdigit() and int(stamp) > after_ns:
+                digests.add(digest)
+        cursor = max(after_ns, time.time_ns() - DAMAGED_SETTLE_NS)
+        if not digests or not self.has_namespace(namespace):
+            return [], cursor
+        return self.index(namespace).ids_of_digests(digests), cursor
 
     def delete_object(self, namespace: str, id: str) -> bool:
         return self.index(namespace).delete(id)

@@ -16,7 +16,7 @@ from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
 from dpmsfs.store.tree import EntryType, TreeEntry, find
 
-READ_AHEAD_CHUNKS = 8  # chunks of one large file in flight from the server (~1 MiB each)
+READ_AHEAD_CHUNKS = 8  # chunks per request of a large file of unknown size (source.py)
 
 
 class SnapshotReader:
@@ -61,7 +61,7 @@ class SnapshotReader:
 
     def iter_content(self, entry: TreeEntry) -> Iterator[bytes]:
         """The chunks of a file, in order (from the server: several fetched at once)."""
-        return self.source.read_ahead(entry.content, READ_AHEAD_CHUNKS)
+        return self.source.read_ahead(entry.content, READ_AHEAD_CHUNKS, entry.size)
 
     def read_file(self, entry: TreeEntry) -> bytes:
         return b"".join(self.iter_content(entry))

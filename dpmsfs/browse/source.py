@@ -4,10 +4,11 @@ or the local store with the server behind it.
 Everything that reads snapshots (reader.py, restore.py, vfs.py) goes through one of
 these, so that restoring onto a formatted disk and browsing `.snapshots/` after a
 local chunk was lost use the same code as a local restore. Both kinds of object hold
-chunk frames exactly as `chunker.compress_chunk` makes them, and both are decoded and
-checked against their id in one place: `Store.decode_blob` (the id is the xxh3-128 of
-the plain content). A frame from the server is checked there even though the Backend
-already checked it: what we write must match the snapshot, whatever a library did.
+chunk frames exactly as `chunker.compress_chunk` makes them. Local frames are decoded
+and checked against their id by `Store.decode_blob`; frames from the server are decoded
+once and checked by the Backend (`load_many_plain`: xxh3-128 of the plain content == the
+id the snapshot names), which hands us the plain bytes: decoding and hashing them a
+second time here cost a third of a restore's CPU and checked nothing new.
 
 The server's snapshot records are refs named `snapshot.<snapshot name>` whose body is
 `SnapshotRecord.encode()` (docs/remote-api.md).
@@ -42,6 +43,12 @@ SNAPSHOT_REF_PREFIX = "snapshot."
 # does not hold up the rest and memory stays bounded.
 BATCH_IDS = 256
 BATCH_BYTES = 8 << 20
+# The chunks of one large file: `objects:download` requests of about LARGE_BATCH_BYTES,
+# at most LARGE_WINDOW of them in flight or waiting ahead of the writer. Memory: at most
+# (LARGE_WINDOW + 1) x LARGE_BATCH_BYTES of plain content per file being restored (16 MiB
+# with 4 MiB batches and a window of 3) times the restore workers.
+LARGE_BATCH_BYTES = 4 << 20
+LARGE_WINDOW = 3
 # Trees fetched ahead of the walk and not read yet, at most (a few KiB each, typically).
 PREFETCH_MAX = 4096
 _NOT_ON_SERVER = "the server has no intact copy of object %s"
@@ -65,9 +72,11 @@ class ObjectSource(Protocol):
         For many small objects (one request per batch from the server)."""
         ...
 
-    def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
-        """As read_objects, for the chunks of one large file: up to `window` of them
-        fetched at once where fetching has latency (the server)."""
+    def read_ahead(
+        self, oids: Sequence[bytes], window: int, size: int | None = None
+    ) -> Iterator[bytes]:
+        """As read_objects, for the chunks of one large file (`size` bytes, if known):
+        several fetched at once where fetching has latency (the server)."""
         ...
 
     def prefetch(self, oids: Sequence[bytes]) -> None:
@@ -111,7 +120,9 @@ class StoreSource:
     def read_objects(self, oids: Sequence[bytes]) -> Iterator[bytes]:
         return (self.store.read_object(oid) for oid in oids)
 
-    def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
+    def read_ahead(
+        self, oids: Sequence[bytes], window: int, size: int | None = None
+    ) -> Iterator[bytes]:
         return self.read_objects(oids)
 
     def prefetch(self, oids: Sequence[bytes]) -> None:
@@ -125,14 +136,6 @@ class StoreSource:
 
     def list_snapshots(self) -> list[SnapshotRecord]:
         return list(self.store.list_snapshots())
-
-
-def decode_frame(oid: bytes, frame: bytes) -> bytes:
-    """The plain content of a chunk frame from the server, checked against `oid`."""
-    try:
-        return Store.decode_blob(oid, frame, None)
-    except CorruptObjectError as exc:
-        raise RemoteCorruptError(f"from the server: {exc}") from None
 
 
 class RemoteSource:
@@ -176,8 +179,6 @@ class RemoteSource:
                     self._prefetched[oid] = (future, index)
 
     def read_object(self, oid: bytes) -> bytes:
-        from remote.errors import NotFoundError as RemoteNotFound
-
         with self._prefetch_lock:
             ahead = self._prefetched.pop(oid, None)
         if ahead is not None:
@@ -185,13 +186,7 @@ class RemoteSource:
                 return ahead[0].result()[ahead[1]]
             except DpmsError:
                 pass  # (one of) the batch failed: ask for this one alone, for its own error
-        try:
-            frame = self._call(self.backend.load, oid.hex())
-        except RemoteNotFound:
-            raise MissingObjectError(
-                f"the server has no intact copy of object {oid.hex()}"
-            ) from None
-        return self._count(decode_frame(oid, frame))
+        return self._fetch_batch([oid])[0]
 
     def read_objects(self, oids: Sequence[bytes]) -> Iterator[bytes]:
         """Batches of `load_many`, up to two requests in flight ahead of the consumer."""
@@ -208,17 +203,26 @@ class RemoteSource:
             for future in pending:
                 future.cancel()
 
-    def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
-        """The contents of `oids` in order, with up to `window` single-object requests in
-        flight (the chunks of one large file: ~1 MiB each)."""
-        pending: list[Future[bytes]] = []
+    def read_ahead(
+        self, oids: Sequence[bytes], window: int, size: int | None = None
+    ) -> Iterator[bytes]:
+        """The contents of `oids` in order (the chunks of one large file of `size` bytes):
+        `objects:download` batches of about LARGE_BATCH_BYTES (chunk sizes estimated from
+        `size`), up to LARGE_WINDOW batches ahead of the consumer. Without `size`, batches
+        of `window` chunks."""
+        per = window
+        if size and oids:
+            per = max(1, LARGE_BATCH_BYTES // max(1, size // len(oids)))
+        per = min(per, BATCH_IDS)
+        batches = [list(oids[i : i + per]) for i in range(0, len(oids), per)]
+        pending: list[Future[list[bytes]]] = []
         try:
-            for oid in oids:
-                pending.append(self._pool.submit(self.read_object, oid))
-                if len(pending) >= window:
-                    yield pending.pop(0).result()
+            for batch in batches:
+                pending.append(self._pool.submit(self._fetch_batch, batch))
+                if len(pending) > LARGE_WINDOW:
+                    yield from pending.pop(0).result()
             while pending:
-                yield pending.pop(0).result()
+                yield from pending.pop(0).result()
         finally:
             for future in pending:
                 future.cancel()
@@ -226,16 +230,16 @@ class RemoteSource:
     def _fetch_batch(self, batch: list[bytes]) -> list[bytes]:
         wanted = [oid.hex() for oid in batch]
         out = []
-        for (got, frame), oid in zip(self._call(self._load_many, wanted), batch, strict=True):
+        for (got, plain), oid in zip(self._call(self._load_many, wanted), batch, strict=True):
             if got != oid.hex():
                 raise RemoteCorruptError(f"the server answered {got} for {oid.hex()}")
-            if frame is None:
+            if plain is None:
                 raise MissingObjectError(_NOT_ON_SERVER % oid.hex())
-            out.append(self._count(decode_frame(oid, frame)))
+            out.append(self._count(plain))
         return out
 
     def _load_many(self, ids: list[str]) -> list[tuple[str, bytes | None]]:
-        return list(self.backend.load_many(ids))
+        return list(self.backend.load_many_plain(ids))
 
     def _count(self, data: bytes) -> bytes:
         with self._counter_lock:
@@ -309,7 +313,9 @@ class LocalThenRemote:
     def read_objects(self, oids: Sequence[bytes]) -> Iterator[bytes]:
         return (self.read_object(oid) for oid in oids)
 
-    def read_ahead(self, oids: Sequence[bytes], window: int) -> Iterator[bytes]:
+    def read_ahead(
+        self, oids: Sequence[bytes], window: int, size: int | None = None
+    ) -> Iterator[bytes]:
         return self.read_objects(oids)
 
     def prefetch(self, oids: Sequence[bytes]) -> None:

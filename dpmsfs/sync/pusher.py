@@ -25,10 +25,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from chunker import CorruptChunkError, chunk_id, decompress_chunk
+from dpmsfs.capture import priority
 from dpmsfs.store.errors import CorruptObjectError, ObjectNotFoundError, StoreError
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.store import Store
@@ -36,7 +38,7 @@ from dpmsfs.store.tree import EntryType
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
 from remote.backend import STORED_STATUSES, Backend
-from remote.errors import ConflictError
+from remote.errors import ConflictError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,16 @@ class _Batch:
         return len(self.chunks) + len(self.trees)
 
 
+@dataclass
+class _Prepared:
+    """A batch read and hashed, ready to be asked about and uploaded."""
+
+    batch: _Batch
+    frames: dict[bytes, bytes]
+    digests: dict[bytes, bytes]
+    new_hashes: list[tuple[bytes, bytes]]
+
+
 class Pusher:
     def __init__(
         self,
@@ -118,6 +130,7 @@ class Pusher:
         server_id = self._adopt_server()
         key = server_key(server_id)
         audit = self.state.needs_audit(key)
+        self._repair_damaged(server_id, report)
         attempted: set[str] = set()
         while True:
             record = self._next_unconfirmed(key, attempted)
@@ -145,6 +158,50 @@ class Pusher:
             log.info("recheck of server %s finished", server_id)
         self.progress = Progress()
         return report
+
+    def _repair_damaged(self, server_id: str, report: PassReport) -> None:
+        """Upload again what the server found damaged since we last asked (a blob that
+        `dpmsfs-server verify`, a `missing` re-check or a client's `objects:suspect`
+        quarantined): its snapshots were confirmed complete there, so no walk of ours
+        would send it again. From the local store, where it is checked against its id;
+        an id the store no longer holds is logged and left to `dpmsfs sync --recheck`."""
+        key = server_key(server_id)
+        try:
+            ids, cursor = self._call(
+                server_id, lambda: self.backend.damaged(self.state.damaged_cursor(key))
+            )
+        except NotFoundError:
+            log.debug("server %s does not list damaged objects", server_id)
+            return
+        wanted: list[bytes] = []
+        for hex_id in ids:
+            oid = bytes.fromhex(hex_id)
+            if self.store.locate(oid) is None:
+                log.warning("the server lost object %s, which this store no longer holds", hex_id)
+                continue
+            wanted.append(oid)
+        for start in range(0, len(wanted), self.batch_objects):
+            part = wanted[start : start + self.batch_objects]
+            frames: dict[bytes, bytes] = {}
+            digests: dict[bytes, bytes] = {}
+            for oid in part:
+                try:
+                    frame, plain = self._read_verified(oid)
+                except _Blocked as exc:
+                    log.warning("cannot repair the server's copy: %s", exc)
+                    continue
+                frames[oid] = frame
+                digests[oid] = hashlib.sha256(plain).digest()
+            send = [o for o in part if o in frames]
+            if not send:
+                continue
+            log.warning("server %s: uploading %d damaged objects again", server_id, len(send))
+            try:
+                self._upload(send, frames, digests, server_id, report, record_each=True)
+            except _Blocked as exc:  # the cursor stays: the next pass asks again
+                log.warning("repair of the server's damaged copies failed: %s", exc)
+                return
+        self.state.set_damaged_cursor(key, cursor)
 
     def queue(self, server_id: str | None = None) -> list[SnapshotRecord]:
         """The local snapshots not confirmed on `server_id` (default: the last answering)."""
@@ -201,17 +258,28 @@ class Pusher:
         self.progress = Progress(snapshot=record.name)
         seen: set[bytes] = set()
         batch = _Batch()
-        for kind, oid, size in self._walk(record.root_tree_id, key, seen):
-            if kind == "tree":
-                batch.trees.append(oid)
-            else:
-                batch.chunks.append(oid)
-            batch.nbytes += size
-            self.progress.objects_pending += 1
-            self.progress.bytes_pending += size
-            if len(batch) >= self.batch_objects or batch.nbytes >= self.batch_bytes:
-                self._flush(batch, server_id, report)
-                batch = _Batch()
+        # A bounded pipeline: batch n+1 is read from the packs and hashed on one helper
+        # thread while batch n is asked about and uploaded here, so at most two batches'
+        # frames are in memory (2 x batch_bytes). Batches are sent in walk order, which
+        # keeps every tree behind everything it names.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-hash") as hasher:
+            ahead: Future[_Prepared] | None = None
+            for kind, oid, size in self._walk(record.root_tree_id, key, seen):
+                if kind == "tree":
+                    batch.trees.append(oid)
+                else:
+                    batch.chunks.append(oid)
+                batch.nbytes += size
+                self.progress.objects_pending += 1
+                self.progress.bytes_pending += size
+                if len(batch) >= self.batch_objects or batch.nbytes >= self.batch_bytes:
+                    following = hasher.submit(self._prepare_in_background, batch)
+                    if ahead is not None:
+                        self._send(ahead.result(), server_id, report)
+                    ahead = following
+                    batch = _Batch()
+            if ahead is not None:
+                self._send(ahead.result(), server_id, report)
         self._flush(batch, server_id, report)
         self._check_server(server_id)
         self._check_stop()
@@ -293,10 +361,16 @@ class Pusher:
 
     # -- one batch ----------------------------------------------------------------------
     def _flush(self, batch: _Batch, server_id: str, report: PassReport) -> None:
-        if not len(batch):
-            return
-        self._check_stop()
-        key = server_key(server_id)
+        if len(batch):
+            self._send(self._prepare(batch), server_id, report)
+
+    def _prepare_in_background(self, batch: _Batch) -> _Prepared:
+        with priority.background():  # the helper thread, like the pass, yields to the tool
+            return self._prepare(batch)
+
+    def _prepare(self, batch: _Batch) -> _Prepared:
+        """Frames and SHA-256 of a batch's objects not hashed before (read once from the
+        local packs, checked against their ids)."""
         ids = batch.chunks + batch.trees
         frames: dict[bytes, bytes] = {}
         digests: dict[bytes, bytes] = {}
@@ -312,7 +386,15 @@ class Pusher:
                 digests[oid] = hashlib.sha256(plain).digest()
                 frames[oid] = frame
                 new_hashes.append((oid, digests[oid]))
+        return _Prepared(batch, frames, digests, new_hashes)
+
+    def _send(self, prepared: _Prepared, server_id: str, report: PassReport) -> None:
+        """One `missing` query for a prepared batch, then the upload of what is missing."""
         self._check_stop()
+        batch, frames, digests = prepared.batch, prepared.frames, prepared.digests
+        new_hashes = prepared.new_hashes
+        key = server_key(server_id)
+        ids = batch.chunks + batch.trees
         query = [(o.hex(), digests[o].hex()) for o in ids]
         missing = set(self._call(server_id, lambda: self.backend.missing(query)))
         report.objects_checked += len(ids)

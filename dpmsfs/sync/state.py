@@ -128,6 +128,16 @@ class SyncState:
 
         self.db.transact(body)
 
+    def damaged_cursor(self, key: bytes) -> int:
+        """Where the last `Backend.damaged` answer of this server left off (0: never asked)."""
+        with self.db.read() as txn:
+            raw = txn.get(T_META, b"damaged:" + key.hex().encode())
+        return int(raw.decode()) if raw else 0
+
+    def set_damaged_cursor(self, key: bytes, cursor: int) -> None:
+        name = b"damaged:" + key.hex().encode()
+        self.db.transact(lambda txn: txn.put(T_META, name, str(cursor).encode()))
+
     def needs_audit(self, key: bytes) -> bool:
         with self.db.read() as txn:
             return txn.get(T_META, b"audit:" + key.hex().encode()) is not None

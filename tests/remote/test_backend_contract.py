@@ -258,3 +258,19 @@ def test_retrier_rides_over_faulty_backend() -> None:
     retrier.call(lambda: faulty.upload([record]))
     assert faulty.wrapped.missing([(record[0], None)]) == []
     assert len(faulty.calls) == 3
+
+
+def test_memory_damaged_and_plain_loads() -> None:
+    from remote.frames import make_record as _make
+    from remote.memory_backend import MemoryBackend as _Memory
+
+    backend = _Memory()
+    id, digest, frame = _make(b"plain content " * 100)
+    backend.upload([(id, digest, frame)])
+    assert list(backend.load_many_plain([id])) == [(id, b"plain content " * 100)]
+    assert backend.damaged(0) == ([], 0)
+    backend.server.corrupt(digest)
+    assert list(backend.load_many_plain([id])) == [(id, None)]  # checked, quarantined
+    ids, cursor = backend.damaged(0)
+    assert ids == [id] and cursor == 1
+    assert backend.damaged(cursor) == ([], 1)

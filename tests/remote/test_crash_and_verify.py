@@ -192,3 +192,48 @@ def test_stats_and_server_id_survive_restart(fresh_server: ServerProcess) -> Non
         assert b.stats() == {"objects": 1, "bytes": len(record[2]), "refs": 0}
         assert b.server_id() == first_id
     assert json.loads((fresh_server.data.parent / "tokens.json").read_text())["tokens"]
+
+
+def test_payload_damage_is_caught_by_the_client_reported_and_quarantined(
+    fresh_server: ServerProcess,
+) -> None:
+    """The server sends after cheap header checks only; the client's xxh3 check catches a
+    rotted payload, `objects:suspect` makes the server re-check and quarantine it, and the
+    object then reads as absent (never as data)."""
+    good_id, good_digest, good_frame = make_record(secrets.token_bytes(5000))
+    id, digest, frame = make_record(secrets.token_bytes(4096))  # random: a raw frame
+    with backend(fresh_server) as b:
+        b.upload([(id, digest, frame), (good_id, good_digest, good_frame)])
+        flip_byte(blob_file(fresh_server, digest), HEADER_SIZE + 100)  # in the payload
+        got = list(b.load_many_plain([good_id, id]))
+        assert got[0][0] == good_id and got[0][1] is not None and len(got[0][1]) == 5000
+        assert got[1] == (id, None)
+        quarantined = list((fresh_server.data / "quarantine" / "pool").iterdir())
+        assert [p.name.split(".")[0] for p in quarantined] == [digest]
+        assert b.missing([(id, digest)]) == [id]
+
+
+def test_damaged_lists_quarantined_ids_since_a_cursor(fresh_server: ServerProcess) -> None:
+    records = [make_record(secrets.token_bytes(3000 + i)) for i in range(3)]
+    with backend(fresh_server) as a, backend(fresh_server, NS_B, TOOL_B) as other:
+        a.upload(records)
+        other.upload(records[:1])
+        assert a.damaged(0)[0] == []
+        bad_id, bad_digest, _ = records[0]
+        flip_byte(blob_file(fresh_server, bad_digest), HEADER_SIZE + 50)
+        assert run_verify(fresh_server.data).returncode == 1
+        ids, cursor = a.damaged(0)
+        assert ids == [bad_id]
+        assert other.damaged(0)[0] == [bad_id]  # every tool mapping the blob hears of it
+        assert cursor > 0
+        # asked again past the settle window: nothing new
+        assert a.damaged(cursor + 20_000_000_000)[0] == []
+        a.upload(records[:1])  # healed
+        assert a.missing([(bad_id, bad_digest)]) == []
+    answer = request(
+        fresh_server.url,
+        "GET",
+        f"/v2/{NS_A}/objects:damaged?after=-1",
+        {"Authorization": f"Bearer {TOOL_A}"},
+    )
+    assert answer.status == 400

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -345,3 +346,60 @@ def test_ha_failover_and_failback(workdir: Path, store_dir: Path) -> None:
         a.stop()
         b.stop()
         force_unmount(work2)
+
+
+def restore_cli(server: ServerProcess, token_file: Path, snapshot: str, target: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dpmsfs.cli.main", "restore", "--server", server.url,
+         "--tool", NS_A, "--token-file", str(token_file), "--snapshot", snapshot,
+         "--to", str(target)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_damaged_blob_is_uploaded_again_by_a_normal_pass(
+    workdir: Path, store_dir: Path, server: ServerProcess
+) -> None:
+    """No --recheck: the daemon asks `objects:damaged` in every pass and re-uploads what
+    `dpmsfs-server verify` quarantined; then every snapshot restores byte-exact."""
+    cfg = sync_config(workdir.parent / "a.toml", store_dir, [server.url], TOOL_A, NS_A)
+    mount = SyncMount(workdir, cfg)
+    try:
+        first = write_files(workdir, "d", 3, 400_000)
+        converge(mount)
+        second = {**first, **write_files(workdir, "e", 2, 300_000)}
+        converge(mount)
+        blobs = sorted((p for p in (server.data / "pool").rglob("*") if p.is_file()),
+                       key=lambda p: p.stat().st_size)  # fmt: skip
+        victim = blobs[-1]
+        raw = bytearray(victim.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # payload: the server's cheap send checks cannot see it
+        victim.write_bytes(bytes(raw))
+        assert server_verify(server).returncode != 0  # found, quarantined
+        assert not victim.exists()
+        result = mount.cli("sync", "--wait", "--timeout", "60")  # a normal pass
+        assert result.returncode == 0, result.stderr
+        wait_for(victim.exists, timeout=30, what="the damaged blob uploaded again")
+        assert victim.read_bytes() != bytes(raw)
+    finally:
+        mount.stop()
+    check_server(server.url, server, second)
+    backend = client(server.url)
+    try:
+        names = sorted(snapshots_on(backend))
+    finally:
+        backend.close()
+    assert len(names) >= 2
+    token_file = workdir.parent / "a.token"
+    for index, name in enumerate(names):
+        target = workdir.parent / f"restored-{index}"
+        restore_cli(server, token_file, name, target)
+        got = {
+            str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*.bin") if p.is_file()
+        }
+        # files were only ever added: each snapshot holds some of them, byte-exact
+        assert all(second[path] == data for path, data in got.items()), name
+        if index == len(names) - 1:
+            assert got == second
+        assert set(first) <= set(got) or index < len(names) - 1
