@@ -6,7 +6,8 @@ inside the serving process, beside uploads: the argument for that is in docs/des
 "Online prune" (grace on `touched`, BlobUses in the sweep). Per namespace:
 
 1. read every `snapshot.<name>` ref (the tool's SnapshotRecord JSON) and every
-   `pin.<name>` ref and the newest `pins.<time>` set (dpmsfs/sync/pins.py), and choose with the tool's policy code
+   `pin.<name>` ref and the newest `pins.<time>` set (dpmsfs/sync/pins.py), and choose
+   with the tool's policy code
    (remote/retention.py: restic's rules counted in snapshots that exist; pinned names,
    `pre-restore` and `--pin-label` labels and the newest snapshot are always kept);
 2. mark: walk the trees of every kept snapshot (remote/treewalk.py) and collect the ids
