@@ -301,7 +301,12 @@ class HttpBackend:
         try:
             return self._download_batch(ids, plain)
         except _DamagedFrame as exc:
-            damaged = self._suspect([exc.id])
+            try:
+                damaged = self._suspect([exc.id])
+            except RemoteError as report_failed:  # an older server, or none answering now
+                log.warning("object %s downloaded damaged (%s); reporting it failed: %s",
+                            exc.id, exc.reason, report_failed)  # fmt: skip
+                raise IntegrityError(f"object {exc.id}: {exc.reason}") from None
             log.warning(
                 "object %s downloaded damaged (%s); server found its copy %s",
                 exc.id,
