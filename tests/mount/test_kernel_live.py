@@ -167,7 +167,19 @@ def test_datalog_writer_runs_through_kill9_and_restart(
                  what="the restarted daemon found the old writer")  # fmt: skip
         # Once the restarted daemon has captured the file (its scan saw it changed), no
         # request of the new mount will ever say it changed again: only the watch does.
-        first = cli_snapshot(workdir, store_dir, "while-writing")
+        # A file appended to without pause may be deferred by capture for a moment (it
+        # changed while being read): snapshot until one holds it.
+        snaps: list[str] = []
+
+        def snapshot_holds_the_log() -> bool:
+            snaps.append(cli_snapshot(workdir, store_dir, "while-writing"))
+            if "lot.log" in files_of(store_dir, snaps[-1]):
+                return True
+            time.sleep(0.3)
+            return False
+
+        wait_for(snapshot_holds_the_log, timeout=30, what="a snapshot holding lot.log")
+        first = snaps[-1]
         count_at_restart_scan = len(written)
         wait_for(lambda: len(written) > count_at_restart_scan + 300, what="records after scan")
         stop.set()
