@@ -47,6 +47,9 @@ BATCH_BYTES = 1 << 30
 # New bytes per batch compressed hard when the batch is not full (chunker/adaptive.py):
 # about 1-2 s of background CPU; an import (full batches) stays on the fast path.
 DENSE_BATCH_BYTES = 128 << 20
+# Unstable tries in a row after which a file that only grew while being read is captured
+# as it was when the read began (a datalog appended without pause: ingest.py docstring).
+GROWING_AFTER_TRIES = 3
 CLOSE_SETTLE_SECONDS = 1.0  # a closed file reopened at once (append, rewrite) is one version
 # How long capture stays paused before retrying a failing store (tests shorten it).
 PAUSE_RETRY_SECONDS = float(os.environ.get("DPMSFS_PAUSE_RETRY_SECONDS", "10"))
@@ -61,6 +64,7 @@ class CaptureStatus:
     captured_bytes: int = 0
     new_bytes: int = 0
     unstable_retries: int = 0
+    captured_growing: int = 0  # captured with growth accepted after unstable tries
     errors: int = 0
     last_error: str = ""
     last_snapshot: str = ""
@@ -137,6 +141,9 @@ class CaptureEngine:
         self._limiter = trio.CapacityLimiter(max(1, config.ingest_threads))
         self._wake_ingest = trio.Event()
         self._force_until_seq = 0  # ingest everything up to this seq without waiting
+        # Journal key -> Unstable outcomes in a row. From GROWING_AFTER_TRIES on, a file
+        # that only grew while being read is captured as it was (ingest.py docstring).
+        self._unstable_tries: dict[bytes, int] = {}
         self._ingest_idle = trio.Event()
         self._changed_since_snapshot = True
         self._snapshot_lock = trio.Lock()
@@ -383,6 +390,7 @@ class CaptureEngine:
                 done.append((work, ingest.Gone()))
                 continue
             reuse = not work.entry.flags & Pending.CONTENT
+            growing = self._unstable_tries.get(work.key, 0) >= GROWING_AFTER_TRIES
             outcome: ingest.Outcome | None
             try:
                 outcome = ingest.capture(
@@ -394,6 +402,7 @@ class CaptureEngine:
                     now_ns,
                     parents,
                     queue.take_dense,
+                    accept_growth=growing,
                 )
             except StoreError:
                 raise
@@ -409,9 +418,16 @@ class CaptureEngine:
 
         def body(txn: WriteTxn) -> None:
             for work, outcome in outcomes:
+                if isinstance(outcome, ingest.Unstable):
+                    # Counted even if changed meanwhile: the file is being written on.
+                    self._unstable_tries[work.key] = self._unstable_tries.get(work.key, 0) + 1
                 current = state.get_pending(txn, work.key)
                 if current is None or current.seq != work.entry.seq:
                     continue  # changed or moved meanwhile: it will be captured again
+                if not isinstance(outcome, ingest.Unstable):
+                    tries = self._unstable_tries.pop(work.key, 0)
+                    if tries >= GROWING_AFTER_TRIES and isinstance(outcome, ingest.Captured):
+                        self.status.captured_growing += 1
                 if isinstance(outcome, ingest.Captured):
                     state.put_state(txn, work.key, outcome.state)
                     txn.delete(state.T_JOURNAL, work.key)
@@ -519,6 +535,7 @@ class CaptureEngine:
             "errors": self.status.errors,
             "last_error": self.status.last_error,
             "unstable_retries": self.status.unstable_retries,
+            "captured_growing": self.status.captured_growing,
             "store_objects": stats.objects,
             "store_bytes": stats.stored_bytes,
             "store_raw_bytes": stats.raw_bytes,

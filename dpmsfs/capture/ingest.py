@@ -8,6 +8,15 @@ component was replaced by a symlink meanwhile.
 
 A file that changes while it is read (size, mtime or ctime differ before and after, or
 fewer bytes than its size) is reported `Unstable` and retried later: never stored torn.
+The one exception is asked for by the engine (`accept_growth`) after a file was unstable
+several times in a row: a file that only *grew* during the read (same inode, at least the
+size it had when the read began) is then captured as the bytes it had at that moment,
+with the stat of that moment. A datalog appended without pause for a whole lot is never
+quiet, and this is how it is still captured every few minutes; for an append-only writer
+that prefix is exact. A writer that rewrites earlier bytes in place *while* the file
+grows may give a version mixing the two; the capture at its close (quiet, exact)
+replaces it. The stored ctime is the one from before the read, so the next look at the
+file sees it changed and captures it again.
 """
 
 from __future__ import annotations
@@ -183,6 +192,7 @@ def capture(
     now_ns: int,
     parents: ParentDirs | None = None,
     dense: Callable[[int], bool] | None = None,
+    accept_growth: bool = False,
 ) -> Outcome:
     """Capture `path` as it is now.
 
@@ -190,6 +200,8 @@ def capture(
     rename): keep `previous`'s content ids when inode, size and mtime still agree.
     `parents`: a worker's cache of the last directory (else each walk is closed again).
     `dense`: see `Store.write_chunk`.
+    `accept_growth`: a file that grew while being read is captured as it was when the
+    read began (module docstring), not reported `Unstable`.
     """
     try:
         if parents is not None:
@@ -223,7 +235,9 @@ def capture(
         if not stat.S_ISREG(mode):
             entry = make_entry(name, st)
             return Captured(FileState(entry, st.st_ctime_ns, st.st_ino, now_ns), 0, 0)
-        return _capture_file(parent_fd, name, st, store, previous, reuse_content, now_ns, dense)
+        return _capture_file(
+            parent_fd, name, st, store, previous, reuse_content, now_ns, dense, accept_growth
+        )
     finally:
         if parents is None:
             os.close(parent_fd)
@@ -238,6 +252,7 @@ def _capture_file(
     reuse_content: bool,
     now_ns: int,
     dense: Callable[[int], bool] | None = None,
+    accept_growth: bool = False,
 ) -> Outcome:
     fd = os.open(name, _READ_FLAGS, dir_fd=parent_fd)
     try:
@@ -255,7 +270,9 @@ def _capture_file(
             entry = make_entry(name, before, xattrs=xattrs, content=previous.entry.content)
             return Captured(FileState(entry, before.st_ctime_ns, before.st_ino, now_ns), 0, 0)
         if before.st_size <= SMALL_FILE_BYTES:
-            return _capture_small_file(fd, name, before, store, now_ns, xattrs, dense)
+            return _capture_small_file(
+                fd, name, before, store, now_ns, xattrs, dense, accept_growth
+            )
         ids: list[bytes] = []
         new_bytes = read_bytes = 0
         offset = 0
@@ -286,13 +303,22 @@ def _capture_file(
                 new_bytes += len(chunk)
         after = os.fstat(fd)
         if not same_version(before, after) or read_bytes != after.st_size:
-            return Unstable("changed while being read")
+            if not (accept_growth and read_bytes == before.st_size and _only_grew(before, after)):
+                return Unstable("changed while being read")
+            log.debug("%s: grew while being read; captured as it was", os.fsdecode(name))
+            after = before
         entry = make_entry(name, after, xattrs=xattrs, content=tuple(ids))
         return Captured(
             FileState(entry, after.st_ctime_ns, after.st_ino, now_ns), new_bytes, read_bytes
         )
     finally:
         os.close(fd)
+
+
+def _only_grew(before: os.stat_result, after: os.stat_result) -> bool:
+    """Same file, and at least as long as when the read began (appended to, as far as
+    stat can tell)."""
+    return after.st_ino == before.st_ino and after.st_size >= before.st_size
 
 
 class _SmallBuffer(threading.local):
@@ -311,6 +337,7 @@ def _capture_small_file(
     now_ns: int,
     xattrs: tuple[tuple[bytes, bytes], ...],
     dense: Callable[[int], bool] | None,
+    accept_growth: bool = False,
 ) -> Outcome:
     """A file of at most one chunk: one read of size + 1 bytes (the extra byte shows a
     file that grew), into a per-thread buffer, straight to the store.
@@ -322,6 +349,8 @@ def _capture_small_file(
     size = before.st_size
     buffer = _small.view[: size + 1]
     count = os.preadv(fd, [buffer], 0) if size else 0
+    if count > size and accept_growth:
+        count = size  # grew: keep the bytes it had (checked below)
     if count != size:
         return Unstable("changed while being read")
     ids: tuple[bytes, ...] = ()
@@ -332,6 +361,8 @@ def _capture_small_file(
         new_bytes = count if is_new else 0
     after = os.fstat(fd)
     if not same_version(before, after):
-        return Unstable("changed while being read")
+        if not (accept_growth and _only_grew(before, after)):
+            return Unstable("changed while being read")
+        after = before
     entry = make_entry(name, after, xattrs=xattrs, content=ids)
     return Captured(FileState(entry, after.st_ctime_ns, after.st_ino, now_ns), new_bytes, count)

@@ -182,8 +182,8 @@ _KNOWN = {
     "captured_files", "captured_bytes", "pending_files", "pending_bytes", "last_snapshot",
     "last_captured_path", "last_captured_ns", "import", "snapshot_view", "errors",
     "last_error", "last_verify", "health", "alerts", "compression_ratio", "dedup_ratio",
-    "overall_ratio", "tool_id", "unstable_retries", "error", "counters", "last_snapshot_ns",
-    "alert_delivery", "metrics",
+    "overall_ratio", "tool_id", "unstable_retries", "captured_growing", "error", "counters",
+    "last_snapshot_ns", "alert_delivery", "metrics",
 }  # fmt: skip
 
 

@@ -167,3 +167,73 @@ def test_capture_ids_are_the_chunkers_whatever_the_read_path(
             assert b"".join(store.read_object(i) for i in want) == data
     finally:
         os.close(work_fd)
+
+
+@pytest.mark.parametrize("size", [4096, 3 << 20])
+@pytest.mark.parametrize("accept_growth", [False, True])
+def test_a_file_appended_to_during_the_read(
+    root: tuple[Path, int], size: int, accept_growth: bool
+) -> None:
+    """A file that grows while it is read is Unstable, unless the engine asks to accept
+    growth (a datalog never quiet): then it is captured exactly as it was when the read
+    began, with that moment's size, and its ctime says it changed since."""
+    from chunker import DEFAULT_PARAMS
+    from dpmsfs.capture import ingest
+    from dpmsfs.store.store import Store
+
+    path, _fd = root
+    data = os.urandom(size)
+    (path / "work").mkdir()
+    log_file = path / "work" / "lot.log"
+    log_file.write_bytes(data)
+    before_ctime = os.stat(log_file).st_ctime_ns
+    appended: list[int] = []
+
+    def append_once(_n: int) -> bool:  # called by the store while the file is being read
+        if not appended:
+            time.sleep(0.01)  # a later mtime/ctime
+            with open(log_file, "ab") as f:
+                appended.append(f.write(b"record\n" * 10))
+        return False
+
+    work_fd = os.open(path / "work", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Store.create(str(path / "store"), DEFAULT_PARAMS.identity) as store:
+            outcome = ingest.capture(work_fd, b"lot.log", store, None, False, 1,
+                                     dense=append_once, accept_growth=accept_growth)  # fmt: skip
+            assert appended, "the file grew during the read"
+            if not accept_growth:
+                assert isinstance(outcome, ingest.Unstable)
+                return
+            assert isinstance(outcome, ingest.Captured)
+            entry = outcome.state.entry
+            assert entry.size == size
+            assert b"".join(store.read_object(i) for i in entry.content) == data
+            assert outcome.state.ctime_ns == before_ctime != os.stat(log_file).st_ctime_ns
+    finally:
+        os.close(work_fd)
+
+
+def test_a_file_rewritten_shorter_during_the_read_is_never_accepted(root: tuple[Path, int]) -> None:
+    """Growth is the only change accepted: a file truncated while read stays Unstable."""
+    from chunker import DEFAULT_PARAMS
+    from dpmsfs.capture import ingest
+    from dpmsfs.store.store import Store
+
+    path, _fd = root
+    (path / "work").mkdir()
+    target = path / "work" / "f.bin"
+    target.write_bytes(os.urandom(3 << 20))
+
+    def truncate(_n: int) -> bool:
+        os.truncate(target, 1000)
+        return False
+
+    work_fd = os.open(path / "work", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with Store.create(str(path / "store"), DEFAULT_PARAMS.identity) as store:
+            outcome = ingest.capture(work_fd, b"f.bin", store, None, False, 1,
+                                     dense=truncate, accept_growth=True)  # fmt: skip
+            assert isinstance(outcome, ingest.Unstable)
+    finally:
+        os.close(work_fd)

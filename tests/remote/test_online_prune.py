@@ -231,7 +231,7 @@ def test_prune_in_a_loop_while_tools_sync_loses_nothing_kept(server: ServerProce
         th.start()
     removed = blobs = prunes = 0
     try:
-        deadline = time.monotonic() + 25
+        deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             for tool in tools:
                 if tool.snapshots:
