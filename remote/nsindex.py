@@ -33,10 +33,11 @@ the blob `digest` holds plain content whose xxh3-128 is `id`.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 Rows = list[tuple[int, str, str]]
@@ -93,6 +94,17 @@ class NamespaceIndex:
                 out.update(rows)
         return out
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One durable write transaction (the caller holds `_lock`)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def get(self, id: str) -> str | None:
         return self.lookup([id]).get(id)
 
@@ -102,22 +114,16 @@ class NamespaceIndex:
         if not rows:
             return
         at = int(time.time()) if now_s is None else now_s
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO objects (id, digest, frame_size) VALUES (?, ?, ?)",
-                    rows,
-                )
-                self._db.executemany("INSERT INTO log (id) VALUES (?)", [(r[0],) for r in rows])
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO touched (id, at_s) VALUES (?, ?)",
-                    [(r[0], at) for r in rows],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO objects (id, digest, frame_size) VALUES (?, ?, ?)",
+                rows,
+            )
+            self._db.executemany("INSERT INTO log (id) VALUES (?)", [(r[0],) for r in rows])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO touched (id, at_s) VALUES (?, ?)",
+                [(r[0], at) for r in rows],
+            )
 
     def touch(self, ids: Sequence[str], now_s: int | None = None) -> None:
         """Record that `ids` were confirmed to a tool now; durable before returning (the
@@ -140,78 +146,58 @@ class NamespaceIndex:
                 stale += [i for i in part if i not in fresh]
             if not stale:
                 return
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 self._db.executemany(
                     "INSERT OR REPLACE INTO touched (id, at_s) VALUES (?, ?)",
                     [(i, at) for i in stale],
                 )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
 
     def delete_unreached(self, keep: set[str], touched_before_s: int) -> tuple[int, int]:
         """Delete every mapping not in `keep` and not touched at or after
         `touched_before_s`, in one transaction; (mappings, frame bytes) removed."""
-        doomed: list[tuple[str, int]] = []
         with self._lock:
-            recent = {
-                row[0]
-                for row in self._db.execute(
-                    "SELECT id FROM touched WHERE at_s >= ?", (touched_before_s,)
-                )
-            }
-            for id, size in self._db.execute("SELECT id, frame_size FROM objects"):
-                if id not in keep and id not in recent:
-                    doomed.append((id, int(size)))
+            doomed = self._unreached(keep, touched_before_s)
             if not doomed:
                 return 0, 0
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with self._transaction():
                 for start in range(0, len(doomed), _BATCH):
                     part = [i for i, _ in doomed[start : start + _BATCH]]
                     marks = ",".join("?" * len(part))
                     self._db.execute(f"DELETE FROM objects WHERE id IN ({marks})", part)
                     self._db.execute(f"DELETE FROM touched WHERE id IN ({marks})", part)
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
         return len(doomed), sum(size for _, size in doomed)
 
     def unreached(self, keep: set[str], touched_before_s: int) -> tuple[int, int]:
         """What `delete_unreached` would remove, without removing it (a dry run)."""
         with self._lock:
-            recent = {
-                row[0]
-                for row in self._db.execute(
-                    "SELECT id FROM touched WHERE at_s >= ?", (touched_before_s,)
-                )
-            }
-            count = total = 0
-            for id, size in self._db.execute("SELECT id, frame_size FROM objects"):
-                if id not in keep and id not in recent:
-                    count += 1
-                    total += int(size)
-        return count, total
+            doomed = self._unreached(keep, touched_before_s)
+        return len(doomed), sum(size for _, size in doomed)
+
+    def _unreached(self, keep: set[str], touched_before_s: int) -> list[tuple[str, int]]:
+        """(id, frame size) of every mapping not in `keep` and not touched at or after
+        `touched_before_s` (the caller holds `_lock`)."""
+        recent = {
+            row[0]
+            for row in self._db.execute(
+                "SELECT id FROM touched WHERE at_s >= ?", (touched_before_s,)
+            )
+        }
+        return [
+            (id, int(size))
+            for id, size in self._db.execute("SELECT id, frame_size FROM objects")
+            if id not in keep and id not in recent
+        ]
 
     def forget(self, names: Sequence[str], now_s: int | None = None) -> None:
         """Record that a prune forgot the refs `names` (durable before returning)."""
         if not names:
             return
         at = int(time.time()) if now_s is None else now_s
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO forgotten (name, at_s) VALUES (?, ?)",
-                    [(n, at) for n in names],
-                )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+        with self._lock, self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO forgotten (name, at_s) VALUES (?, ?)",
+                [(n, at) for n in names],
+            )
 
     def is_forgotten(self, name: str) -> bool:
         with self._lock:
