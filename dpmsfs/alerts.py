@@ -35,9 +35,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from dpmsfs.health import Alert, AlertSettings, Health, evaluate
+from dpmsfs.jsonfile import write_json
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +112,8 @@ class AlertTracker:
         if self.state_path is None or self._saved == self.active:
             return
         doc = {"version": 1, "active": [a.to_dict() for a in self.active.values()]}
-        tmp = self.state_path + ".tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(doc, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
+            write_json(Path(self.state_path), doc)
         except OSError as exc:  # a full disk: alerts go on, a restart may fire again
             log.warning("cannot save alert state %s: %s", self.state_path, exc)
             return

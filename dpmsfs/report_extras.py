@@ -13,11 +13,12 @@ the new one. Format (a contract, docs/operations.md)::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from dpmsfs.jsonfile import read_json_object, write_json
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,15 @@ def record_verify(
     record = {"finished_ns": finished_ns, "ok": ok, "read_data": read_data,
               "summary": summary, "damaged_objects": damaged, "problems": problems}  # fmt: skip
     path = store / VERIFY_FILE
-    tmp = store / f".{VERIFY_FILE}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_json(path, record)
     except OSError as exc:
         log.warning("cannot record the verify result in %s: %s", path, exc)
 
 
 def last_verify(store: Path) -> dict[str, Any] | None:
     """The last recorded verify result, None if never verified (or unreadable)."""
-    try:
-        value = json.loads((store / VERIFY_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return read_json_object(store / VERIFY_FILE)
 
 
 def add_extras(report: dict[str, Any], store: Path) -> dict[str, Any]:

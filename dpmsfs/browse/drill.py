@@ -18,7 +18,6 @@ to the server for the fleet page.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -33,6 +32,7 @@ from chunker.ids import chunk_id
 from dpmsfs.browse.reader import SnapshotReader, display
 from dpmsfs.browse.source import RemoteSource
 from dpmsfs.errors import DpmsError
+from dpmsfs.jsonfile import read_json_object, write_json
 from dpmsfs.store import evicted, gc
 from dpmsfs.store.errors import StoreError
 from dpmsfs.store.store import Store
@@ -214,22 +214,13 @@ def _check(
 
 
 def record_result(store_dir: Path, result: DrillResult) -> None:
-    """Remember the result beside the store (temp, fsync, rename); logged on failure."""
+    """Remember the result beside the store (durably); logged on failure."""
     path = store_dir / DRILL_FILE
-    tmp = store_dir / f".{DRILL_FILE}.tmp"
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(asdict(result), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_json(path, asdict(result))
     except OSError as exc:
         log.warning("cannot record the drill result in %s: %s", path, exc)
 
 
 def last_result(store_dir: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads((store_dir / DRILL_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return read_json_object(store_dir / DRILL_FILE)
