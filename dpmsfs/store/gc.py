@@ -234,7 +234,10 @@ def leased_roots(store: Store) -> list[bytes]:
                 except ValueError:
                     log.warning("ignoring malformed lease %s", path)
                 continue
-            os.unlink(path)  # nobody holds it: its reader is gone
+            # Nobody holds it: its reader is gone, or has just finished (a reader unlinks
+            # and then closes, so between our open and here the file may already be gone).
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
         finally:
             os.close(fd)
     return roots

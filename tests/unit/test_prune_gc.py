@@ -219,3 +219,27 @@ def test_a_lease_of_a_killed_reader_is_released(tmp_path: Path) -> None:
     assert gc.collect(store).dead_objects > 0  # its flock died with it
     assert os.listdir(os.path.join(path, gc.LEASES)) == []
     store.close()
+
+
+def test_a_lease_released_while_the_collector_looks_at_it_is_no_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader finishing (unlink, then close) between the collector's open and unlink."""
+    store = new_store(str(tmp_path / "s"))
+    name = snapshot(store, _files(13, n=2), T0)
+    real_open = os.open
+
+    def open_then_reader_finishes(path: str, flags: int, *args: int) -> int:
+        fd = real_open(path, flags, *args)
+        if os.path.dirname(path).endswith(gc.LEASES):
+            os.unlink(path)  # what the reader's `finally` does first
+            lease_cm.__exit__(None, None, None)
+        return fd
+
+    lease_cm = gc.lease(store, name)
+    lease_cm.__enter__()
+    monkeypatch.setattr(gc.os, "open", open_then_reader_finishes)
+    assert gc.leased_roots(store) == []
+    monkeypatch.undo()
+    assert os.listdir(os.path.join(store.path, gc.LEASES)) == []
+    store.close()
