@@ -261,7 +261,9 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
             else:
                 raise ValueError("names must be a list of snapshot names")
             remaining = await trio.to_thread.run_sync(sync.remaining, names)
-            return {"names": names, "remaining": remaining, "reachable": sync.status.reachable,
+            pruned = await trio.to_thread.run_sync(sync.pruned_there, names)
+            return {"names": names, "remaining": remaining, "pruned_there": pruned,
+                    "reachable": sync.status.reachable,
                     "last_error": sync.status.last_error,
                     "server_id": sync.status.server_id}  # fmt: skip
 

@@ -104,6 +104,12 @@ class Backend(Protocol):
         """All ref names, sorted."""
         ...
 
+    def forgotten_refs(self, names: Sequence[str]) -> Keys:
+        """Those of `names` a server prune forgot (in the order given): a tool does not
+        send them again, and `put_ref` of one raises `ForgottenError`. `NotFoundError`
+        from a server older than this endpoint."""
+        ...
+
     def delete(self, id: str) -> None:
         """Remove the mapping of `id` (admin only); `NotFoundError` if absent."""
 

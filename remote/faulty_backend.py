@@ -77,6 +77,9 @@ class FaultyBackend:
     def list_refs(self) -> Keys:
         return self._run("list_refs", self.wrapped.list_refs)
 
+    def forgotten_refs(self, names: Sequence[str]) -> Keys:
+        return self._run("forgotten_refs", lambda: self.wrapped.forgotten_refs(names))
+
     def delete(self, id: str) -> None:
         self._run("delete", lambda: self.wrapped.delete(id))
 

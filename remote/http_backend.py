@@ -422,6 +422,20 @@ class HttpBackend:
         refs: Keys = _json(resp)["refs"]
         return refs
 
+    def forgotten_refs(self, names: Sequence[str]) -> Keys:
+        for name in names:
+            _check_ref(name)
+        path = self._ns("refs:forgotten")
+        result: Keys = []
+        for start in range(0, len(names), MISSING_BATCH):
+            body = {"names": list(names[start : start + MISSING_BATCH])}
+            ask = functools.partial(self._call, "forgotten_refs", "POST", path, (200,), json=body)
+            found = _json(self._retry("forgotten_refs", ask)).get("forgotten")
+            if not isinstance(found, list) or not all(isinstance(n, str) for n in found):
+                raise PermanentRemoteError("forgotten_refs answer malformed")
+            result.extend(found)
+        return result
+
     def delete_ref(self, name: str) -> None:
         _check_ref(name)
         path = self._ns(f"refs/{name}")

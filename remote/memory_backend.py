@@ -28,6 +28,7 @@ from remote.backend import BAD_FRAME, CREATED, EXISTS, HASH_MISMATCH, Keys
 from remote.errors import (
     AuthError,
     ConflictError,
+    ForgottenError,
     IntegrityError,
     NotFoundError,
     PermanentRemoteError,
@@ -51,6 +52,7 @@ class _Blob:
 class _Namespace:
     objects: dict[str, str] = field(default_factory=dict)  # id -> pool digest
     refs: dict[str, bytes] = field(default_factory=dict)
+    forgotten: set[str] = field(default_factory=set)  # refs a prune forgot (tombstones)
     report: dict[str, Any] | None = None  # the latest PUT report (latest wins)
 
 
@@ -77,6 +79,14 @@ class MemoryServer:
     def namespace(self, ns: str) -> _Namespace:
         with self.lock:
             return self.namespaces.setdefault(names.namespace_dir(ns), _Namespace())
+
+    def forget_refs(self, ns: str, refs: Sequence[str]) -> None:
+        """What a server prune does to refs: delete them and keep their tombstones."""
+        with self.lock:
+            space = self.namespace(ns)
+            for name in refs:
+                space.refs.pop(name, None)
+                space.forgotten.add(name)
 
     def corrupt(self, digest: str, frame: bytes = b"\x07garbage") -> None:
         """Replace blob `digest`'s bytes (a damaged disk); checks will quarantine it."""
@@ -227,6 +237,8 @@ class MemoryBackend:
     def put_ref(self, name: str, data: bytes) -> None:
         _check_ref(name)
         with self.server.lock:
+            if name in self._ns.forgotten and not self.admin:
+                raise ForgottenError(f"ref {name} was pruned here")
             old = self._ns.refs.setdefault(name, bytes(data))
         if old != data:
             raise ConflictError(f"ref {name} exists with different content")
@@ -242,6 +254,12 @@ class MemoryBackend:
     def list_refs(self) -> Keys:
         with self.server.lock:
             return sorted(self._ns.refs)
+
+    def forgotten_refs(self, names: Sequence[str]) -> Keys:
+        for name in names:
+            _check_ref(name)
+        with self.server.lock:
+            return [n for n in names if n in self._ns.forgotten]
 
     def delete(self, id: str) -> None:
         _check_id(id)

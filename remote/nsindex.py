@@ -204,6 +204,19 @@ class NamespaceIndex:
             row = self._db.execute("SELECT 1 FROM forgotten WHERE name = ?", (name,)).fetchone()
         return row is not None
 
+    def forgotten_among(self, names: Sequence[str]) -> list[str]:
+        """Those of `names` a prune forgot here, in the order given."""
+        if not names:
+            return []
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(names), 500):  # under SQLite's variable limit
+                part = list(names[start : start + 500])
+                marks = ",".join("?" * len(part))
+                rows = self._db.execute(f"SELECT name FROM forgotten WHERE name IN ({marks})", part)
+                found.update(row[0] for row in rows)
+        return [n for n in names if n in found]
+
     def digests(self) -> set[bytes]:
         """Every digest this namespace maps, as 32 raw bytes (for the blob sweep: a set of
         millions of digests takes half the memory of their hex strings)."""

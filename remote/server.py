@@ -416,6 +416,9 @@ class App:
             if not names.is_key(tail[1]):
                 raise ApiError(400, "bad_id", "object id must be 32 lower-case hex digits")
             await self._object(req, send, grant, ns, tail[1])
+        elif tail == ["refs:forgotten"]:
+            _only(req, "POST")
+            await self._forgotten_refs(req, send, ns)
         elif tail == ["refs"]:
             _only(req, "GET")
             await self._send_json(req, send, 200, {"refs": self.store.list_refs(ns)})
@@ -618,7 +621,9 @@ class App:
                 raise ApiError(
                     422, "hash_mismatch", f"body hashes to {actual}, header says {claimed}"
                 )
-            if grant.may_replicate and await self._run(self._forgotten, ns, name):
+            # What a prune forgot stays forgotten: neither the HA peer's replicator nor a
+            # tool re-sending from its local store (a recheck, a failover) puts it back.
+            if not grant.is_admin and await self._run(self._forgotten, ns, name):
                 raise ApiError(410, "forgotten", f"ref {name} was pruned here")
             tmp = await self._run(objfile.write_bytes, store.tmp_dir, data)
             if replace:
@@ -641,6 +646,26 @@ class App:
 
     def _forgotten(self, ns: str, name: str) -> bool:
         return self.store.has_namespace(ns) and self.store.index(ns).is_forgotten(name)
+
+    async def _forgotten_refs(self, req: Request, send: Send, ns: str) -> None:
+        """Which of these refs a prune forgot here: a tool asks before it sends a
+        snapshot's objects again, so a pruned snapshot costs no upload."""
+        doc = await self._json_body(req)
+        wanted = doc.get("names") if isinstance(doc, dict) else None
+        if not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted):
+            raise ApiError(400, "bad_json", 'body must be {"names": [...]}')
+        if len(wanted) > MAX_MISSING:
+            raise ApiError(413, "too_large", f"at most {MAX_MISSING} names per request")
+        bad = [n for n in wanted if not names.is_ref_name(n)]
+        if bad:
+            raise ApiError(400, "bad_ref_name", f"invalid ref names: {bad[:5]!r}")
+
+        def lookup() -> list[str]:
+            if not self.store.has_namespace(ns):
+                return []
+            return self.store.index(ns).forgotten_among(wanted)
+
+        await self._send_json(req, send, 200, {"forgotten": await self._run(lookup)})
 
     # -- online prune (logic in remote/prune.py, request in remote/prune_api.py) -----------
 
@@ -764,6 +789,7 @@ _NAMESPACE_ROUTES = {
     ("objects:damaged",): "objects:damaged",
     ("objects",): "objects",
     ("refs",): "refs",
+    ("refs:forgotten",): "refs:forgotten",
     ("stats",): "stats",
     ("report",): "report",
     ("prune",): "prune",

@@ -345,6 +345,9 @@ def render_sync(s: dict[str, Any] | None) -> list[str]:
         f"sync queue      {q['snapshots']} snapshots, {q['objects']} objects, "
         f"{human_bytes(q['bytes'])}" + (f" (oldest {q['oldest']})" if q["oldest"] else ""),
     ]
+    if s.get("pruned_on_server"):
+        lines.append(f"pruned there    {s['pruned_on_server']} local snapshots the server's "
+                     "prune forgot (kept here, not sent again)")  # fmt: skip
     if s.get("last_error"):
         lines.append(f"sync error      {s['last_error']}")
     return lines

@@ -59,5 +59,11 @@ def run_sync(args: argparse.Namespace) -> int:
             )
         time.sleep(POLL_SECONDS)
         reply = control.call(sock, {"cmd": "sync", "names": names}, timeout=30)
-    print(f"in sync: the server {reply.get('server_id', '')} holds all {len(names)} snapshots")
+    server = reply.get("server_id", "")
+    pruned = len(reply.get("pruned_there") or [])
+    if pruned:
+        print(f"in sync: the server {server} holds {len(names) - pruned} of {len(names)} "
+              f"snapshots; its prune forgot the other {pruned} (kept here)")  # fmt: skip
+    else:
+        print(f"in sync: the server {server} holds all {len(names)} snapshots")
     return 0

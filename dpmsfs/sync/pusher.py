@@ -38,7 +38,7 @@ from dpmsfs.store.tree import EntryType
 from dpmsfs.sync.state import SyncState, server_key
 from dpmsfs.sync.throttle import Throttle
 from remote.backend import STORED_STATUSES, Backend
-from remote.errors import ConflictError, NotFoundError
+from remote.errors import ConflictError, ForgottenError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,7 @@ class Pusher:
         key = server_key(server_id)
         audit = self.state.needs_audit(key)
         self._repair_damaged(server_id, report)
+        self._learn_forgotten(server_id)
         attempted: set[str] = set()
         while True:
             record = self._next_unconfirmed(key, attempted)
@@ -203,19 +204,41 @@ class Pusher:
                 return
         self.state.set_damaged_cursor(key, cursor)
 
+    def _learn_forgotten(self, server_id: str) -> None:
+        """Ask which queued snapshots the server's prune forgot, before sending any of
+        their objects: a recheck or a failover must neither undo an admin's prune nor
+        upload what it reclaimed. A server without the endpoint is asked nothing; its
+        410 to the ref's PUT (`push_snapshot`) then says the same, after the upload."""
+        key = server_key(server_id)
+        queued = [REF_PREFIX + r.name for r in self.queue(server_id)]
+        if not queued:
+            return
+        try:
+            gone = self._call(server_id, lambda: self.backend.forgotten_refs(queued))
+        except NotFoundError:
+            log.debug("server %s does not list forgotten refs", server_id)
+            return
+        names = [ref[len(REF_PREFIX) :] for ref in gone if ref.startswith(REF_PREFIX)]
+        if names:
+            self.state.mark_forgotten(key, names, self.now_ns())
+            log.info("%d local snapshots were pruned on server %s: not sent again (%s%s)",
+                     len(names), server_id, ", ".join(names[:3]),
+                     ", ..." if len(names) > 3 else "")  # fmt: skip
+
     def queue(self, server_id: str | None = None) -> list[SnapshotRecord]:
-        """The local snapshots not confirmed on `server_id` (default: the last answering)."""
+        """The local snapshots not settled on `server_id` (default: the last answering):
+        neither confirmed there nor forgotten there by a prune."""
         sid = server_id if server_id is not None else self.state.current_server()
         if not sid:
             return list(self.store.list_snapshots())
-        confirmed = self.state.confirmed_snapshots(server_key(sid))
-        return [r for r in self.store.list_snapshots() if r.name not in confirmed]
+        settled = self.state.settled_snapshots(server_key(sid))
+        return [r for r in self.store.list_snapshots() if r.name not in settled]
 
     def _next_unconfirmed(self, key: bytes, attempted: set[str]) -> SnapshotRecord | None:
         """Re-read on every step: snapshots taken meanwhile join, pruned ones leave."""
-        confirmed = self.state.confirmed_snapshots(key)
+        settled = self.state.settled_snapshots(key)
         for record in self.store.list_snapshots():
-            if record.name not in confirmed and record.name not in attempted:
+            if record.name not in settled and record.name not in attempted:
                 return record
         return None
 
@@ -290,6 +313,14 @@ class Pusher:
             # locally (a prune path rule trimmed it) after the server got the complete one.
             # The server's copy stands (docs/design.md, prune's sync contract).
             log.info("snapshot %s: the server keeps its own (earlier) record", record.name)
+        except ForgottenError:
+            # Pruned there between our `refs:forgotten` question and now (or a server
+            # without that endpoint): the prune stands; the objects just sent are garbage
+            # for its next sweep.
+            self.state.mark_forgotten(key, [record.name], self.now_ns())
+            log.info("snapshot %s was pruned on server %s: not sent again", record.name,
+                     server_id)  # fmt: skip
+            return
         if self.backend.server_id() != server_id:
             # The ref may have reached a server that was not checked: recheck that one.
             self.state.set_audit(server_key(self.backend.server_id()), True)

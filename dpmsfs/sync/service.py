@@ -228,9 +228,16 @@ class SyncService:
         """Of `names`, the snapshots that still exist locally and are not on the server
         answering now (worker thread: LMDB reads)."""
         server_id = self.state.current_server()
-        confirmed = self.state.confirmed_snapshots(server_key(server_id)) if server_id else set()
+        settled = self.state.settled_snapshots(server_key(server_id)) if server_id else set()
         local = {r.name for r in self.store.list_snapshots()}
-        return [n for n in names if n in local and n not in confirmed]
+        return [n for n in names if n in local and n not in settled]
+
+    def pruned_there(self, names: list[str]) -> list[str]:
+        """Of `names`, those the server answering now forgot by its prune: settled for
+        `dpmsfs sync --wait`, but not on the server (worker thread: LMDB reads)."""
+        server_id = self.state.current_server()
+        gone = self.state.forgotten_snapshots(server_key(server_id)) if server_id else set()
+        return [n for n in names if n in gone]
 
     def local_snapshot_names(self) -> list[str]:
         return [r.name for r in self.store.list_snapshots()]
@@ -252,9 +259,12 @@ class SyncService:
             oldest = self._oldest_pending_ns()
         if not oldest and self.trigger is not None and self.trigger.dirty_since_ns:
             oldest = self.trigger.dirty_since_ns
+        server_id = self.state.current_server()
+        gone = self.state.forgotten_snapshots(server_key(server_id)) if server_id else set()
         status = asdict(self.status)
         status.update(
             enabled=True,
+            pruned_on_server=len(gone & {r.name for r in self.store.list_snapshots()}),
             lag_seconds=round(max(0, now - oldest) / 1e9, 1) if oldest else 0.0,
             queue={
                 "snapshots": len(queue),

@@ -16,6 +16,10 @@ Tables (documented in docs/design.md, "LMDB schema", as a contract):
     whole subtree: a tree is only confirmed after everything it references.
 ``sync_snaps``   key server key + snapshot name -> ``>q`` UTC ns of the confirmation: the
     snapshot's ref is on that server (and, by the HA invariant, all its objects).
+``sync_gone``    key server key + snapshot name -> ``>q`` UTC ns when the tool learned it:
+    that server's prune forgot the snapshot (it answered `refs:forgotten`, or 410 to the
+    ref's PUT). Not a confirmation: the server does not hold it, so the local budget
+    never evicts it; but it leaves the queue, and sync never sends it again there.
 ``sync_meta``    ``current`` -> server id of the server that answered last;
     ``audit:<server key hex>`` -> empty: do not trust refs of that server, re-check
     every object (after a failover noticed mid-snapshot, or `dpmsfs sync --recheck`);
@@ -37,7 +41,8 @@ T_SHA256 = "sync_sha256"
 T_OBJECTS = "sync_objects"
 T_SNAPS = "sync_snaps"
 T_META = "sync_meta"
-ALL_TABLES = (T_SHA256, T_OBJECTS, T_SNAPS, T_META)
+T_GONE = "sync_gone"
+ALL_TABLES = (T_SHA256, T_OBJECTS, T_SNAPS, T_META, T_GONE)
 
 META_CURRENT = b"current"
 _I64 = struct.Struct(">q")
@@ -100,12 +105,38 @@ class SyncState:
         with self.db.read() as txn:
             return {k[len(key) :].decode() for k, _ in _prefix(txn, T_SNAPS, key)}
 
+    # -- snapshots the server's prune forgot ----------------------------------------------
+    def mark_forgotten(self, key: bytes, names: Iterable[str], now_ns: int) -> None:
+        names = list(names)
+
+        def body(txn: WriteTxn) -> None:
+            for name in names:
+                txn.put(T_GONE, key + name.encode(), _I64.pack(now_ns))
+
+        if names:
+            self.db.transact(body)
+
+    def forgotten_snapshots(self, key: bytes) -> set[str]:
+        with self.db.read() as txn:
+            return {k[len(key) :].decode() for k, _ in _prefix(txn, T_GONE, key)}
+
+    def settled_snapshots(self, key: bytes) -> set[str]:
+        """The snapshots sync has nothing more to do for on this server: confirmed there,
+        or forgotten there by a prune."""
+        with self.db.read() as txn:
+            return {
+                k[len(key) :].decode()
+                for table in (T_SNAPS, T_GONE)
+                for k, _ in _prefix(txn, table, key)
+            }
+
     def forget_server(self, key: bytes) -> int:
-        """Drop every confirmation by one server (a recheck): returns how many."""
+        """Drop every confirmation by one server (a recheck): returns how many. What it
+        forgot is asked again (`refs:forgotten`) by the next pass."""
 
         def body(txn: WriteTxn) -> int:
             dropped = 0
-            for table in (T_OBJECTS, T_SNAPS):
+            for table in (T_OBJECTS, T_SNAPS, T_GONE):
                 doomed = [k for k, _ in _prefix(txn, table, key)]
                 for k in doomed:
                     txn.delete(table, k)

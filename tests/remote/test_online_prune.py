@@ -22,6 +22,7 @@ import requests
 from chunker import decompress_chunk
 from dpmsfs.store.snapshots import SnapshotRecord
 from dpmsfs.store.tree import EntryType, TreeEntry, decode_tree, encode_tree
+from remote.errors import ForgottenError
 from remote.frames import make_record
 from remote.http_backend import HttpBackend
 from remote.retry import NO_RETRY, Retrier
@@ -382,3 +383,42 @@ def test_a_pair_replicating_both_ways_converges_after_a_prune_and_fails_over(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_pruned_ref_stays_pruned_and_tools_can_ask_which_are(server: ServerProcess) -> None:
+    """After a prune no token but an admin's puts a forgotten ref back (a tool re-sending
+    from its local store would undo the prune), and `refs:forgotten` says which are gone."""
+    names = [f"2026-11-0{i + 1}T000000Z" for i in range(3)]
+    with backend(server) as a:
+        records = {}
+        for i, name in enumerate(names):
+            upload_snapshot(a, name, T0 + i * DAY_NS, {"f": secrets.token_bytes(100)})
+            records[name] = a.get_ref(f"snapshot.{name}")
+    age_everything(server.data)
+    answer = post_prune(server, ADMIN, NS_A, {"keep_last": 1, "grace": MIN_GRACE})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["forgotten"] == names[:2]
+    asked = [f"snapshot.{n}" for n in names] + ["snapshot.2020-01-01T000000Z"]
+    with backend(server) as a:
+        assert a.forgotten_refs(asked) == [f"snapshot.{n}" for n in names[:2]]
+        with pytest.raises(ForgottenError):
+            a.put_ref(f"snapshot.{names[0]}", records[names[0]])
+        a.put_ref(f"snapshot.{names[2]}", records[names[2]])  # the kept one: same bytes, fine
+        assert sorted(r for r in a.list_refs() if r.startswith("snapshot.")) == [
+            f"snapshot.{names[2]}"
+        ]
+    with backend(server, NS_A, REPLICATE) as r, pytest.raises(ForgottenError):
+        r.put_ref(f"snapshot.{names[1]}", records[names[1]])
+    headers = {"Authorization": f"Bearer {TOOL_A}"}
+    url = f"{server.url}/v2/{NS_A}/refs:forgotten"
+    for body, status in (
+        ({"names": ["../x"]}, 400),
+        ({"names": "snapshot.x"}, 400),
+        ([1], 400),
+        ({"names": ["a"] * 10_001}, 413),
+    ):
+        got = requests.post(url, json=body, headers=headers, timeout=30)
+        assert got.status_code == status, (body, got.text)
+    assert requests.post(url, json={"names": []}, timeout=30).status_code == 401
+    other = f"{server.url}/v2/{NS_B}/refs:forgotten"
+    assert requests.post(other, json={"names": []}, headers=headers, timeout=30).status_code == 403

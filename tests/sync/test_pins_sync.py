@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,5 +80,38 @@ def test_a_pin_set_on_the_tool_keeps_the_snapshot_on_the_server_until_unpinned(
         doc = prune(server)
         assert first in doc["forgotten"]  # type: ignore[operator]
         assert server_snapshots(server) == [newest]
+    finally:
+        mount.stop()
+
+
+def test_a_recheck_after_the_server_pruned_does_not_undo_the_prune(
+    workdir: Path, store_dir: Path, server: ServerProcess
+) -> None:
+    """`dpmsfs sync --recheck --wait` after an admin's prune: the tool still has every
+    snapshot locally, but sends back none the server forgot, and the wait ends."""
+    cfg = sync_config(workdir.parent / "a.toml", store_dir, [server.url], TOOL_A, NS_A,
+                      drill_interval_days=0)  # fmt: skip
+    mount = SyncMount(workdir, cfg)
+    try:
+        names = []
+        for _ in range(3):
+            (workdir / "lot.log").write_bytes(os.urandom(200_000))  # one version each
+            done = mount.cli("sync", "--snapshot", "--wait", "--timeout", "120")
+            assert done.returncode == 0, done.stderr + mount.log()[-3000:]
+            names.append(str(mount.status()["last_snapshot"]))
+            time.sleep(1.1)  # snapshot names have one-second resolution
+        time.sleep(1.5)  # beyond the server's 2 s grace
+        assert set(prune(server)["forgotten"]) == set(names[:2])  # type: ignore[arg-type]
+        before = mount.status()["sync"]["uploaded"]["bytes"]
+        again = mount.cli("sync", "--recheck", "--wait", "--timeout", "120")
+        assert again.returncode == 0, again.stderr + mount.log()[-3000:]
+        assert "its prune forgot the other 2" in again.stdout, again.stdout
+        assert server_snapshots(server) == [names[2]]
+        status = mount.status()["sync"]
+        assert status["pruned_on_server"] == 2 and status["queue"]["snapshots"] == 0, status
+        # the first two versions of lot.log (only in the forgotten snapshots) not sent again
+        assert status["uploaded"]["bytes"] - before < 200_000, status["uploaded"]
+        listed = run_cli("snapshots", "--config", str(cfg), str(workdir))
+        assert all(n in listed.stdout for n in names), listed.stdout  # all kept locally
     finally:
         mount.stop()

@@ -13,9 +13,9 @@ import pytest
 
 from dpmsfs.store.store import Store
 from dpmsfs.sync.pusher import PassReport, Pusher, Stopped
-from dpmsfs.sync.state import SyncState
+from dpmsfs.sync.state import SyncState, server_key
 from remote.backend import Backend
-from remote.errors import TemporaryRemoteError
+from remote.errors import NotFoundError, TemporaryRemoteError
 from remote.faulty_backend import FaultyBackend
 from remote.memory_backend import MemoryBackend, MemoryServer
 from tests.sync.util import assert_refs_complete, read_snapshot, snapshots_on
@@ -248,3 +248,49 @@ def test_throttle_limits_the_rate() -> None:
     # 5 MB at 1 MB/s with a 1 s bucket: about 4 s of waiting
     assert 3.5 <= sum(waits) <= 4.5
     assert Throttle(0).request_size(123) == 123
+
+
+def test_a_snapshot_the_server_pruned_is_not_sent_again(store: Store) -> None:
+    """An admin's prune on the server stands: a recheck (or a failover) sends neither the
+    forgotten snapshot's ref nor its objects, and it is not left in the queue."""
+    files = [random_files(4, 9000, seed=40 + i) for i in range(3)]
+    names = [snapshot(store, f, T0 + i * 10**9) for i, f in enumerate(files)]
+    server = MemoryServer()
+    backend = client(server, "t")
+    p = pusher(store, backend)
+    assert p.run_pass().snapshots_done == 3
+    server.forget_refs("t", ["snapshot." + names[0]])
+    server.namespace("t").objects.clear()  # worst case: every mapping and blob swept
+    server.pool.clear()
+    sent = server.counters.frame_bytes
+    p.recheck()
+    report = p.run_pass()
+    assert report.snapshots_done == 2, report
+    assert sorted(snapshots_on(backend)) == sorted(names[1:])
+    assert p.queue() == []
+    # Only the kept snapshots' objects went out again (their unique files and trees).
+    resent = server.counters.frame_bytes - sent
+    assert resent < sum(map(len, files[1].values())) + sum(map(len, files[2].values())) + 4096
+    assert read_snapshot(backend, names[1]) == files[1]
+    assert SyncState(store.db).forgotten_snapshots(server_key(server.id)) == {names[0]}
+
+
+def test_a_server_without_the_forgotten_query_refuses_the_ref_and_the_pass_accepts_it(
+    store: Store,
+) -> None:
+    """The 410 to the ref's PUT (pruned between the question and the PUT, or an older
+    server that does not answer `refs:forgotten`) settles the snapshot as well."""
+    name = snapshot(store, random_files(3, 5000, seed=50))
+    server = MemoryServer()
+    server.forget_refs("t", ["snapshot." + name])
+
+    def old_server(method: str) -> None:
+        if method == "forgotten_refs":
+            raise NotFoundError("unknown path")
+
+    p = pusher(store, watched(server, "t", old_server))
+    report = p.run_pass()
+    assert report.snapshots_done == 0 and not report.blocked
+    assert snapshots_on(client(server, "t")) == []
+    assert p.queue() == []
+    assert p.run_pass().objects_checked == 0  # settled: nothing walked again
