@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -98,8 +99,9 @@ class EvictionResult:
         return asdict(self)
 
 
-def confirmed_candidates(store: Store) -> tuple[str, list[str], str]:
-    """(server id, evictable snapshot names oldest first, why none if so)."""
+def confirmed_candidates(store: Store, skip: Collection[str] = ()) -> tuple[str, list[str], str]:
+    """(server id, evictable snapshot names oldest first, why none if so); ``skip``: the
+    snapshots a dry run's policy would forget first (as if already gone)."""
     sync = SyncState(store.db)
     server = sync.current_server()
     if not server:
@@ -109,7 +111,7 @@ def confirmed_candidates(store: Store) -> tuple[str, list[str], str]:
         return server, [], f"confirmations of server {server} are being re-checked"
     store.db.declare(evicted.T_EVICTED)
     leased = set(gc.leased_roots(store))
-    records = list(store.list_snapshots())
+    records = [r for r in store.list_snapshots() if r.name not in skip]
     gone = evicted.evicted_names(store)
     names = []
     with store.db.read() as txn:
@@ -126,14 +128,17 @@ def confirmed_candidates(store: Store) -> tuple[str, list[str], str]:
     return server, names, ""
 
 
-def plan(store: Store, target_bytes: int) -> EvictionPlan:
-    """The fewest oldest confirmed snapshots whose eviction brings live bytes to target."""
+def plan(store: Store, target_bytes: int, skip: Collection[str] = ()) -> EvictionPlan:
+    """The fewest oldest confirmed snapshots whose eviction brings live bytes to target.
+
+    ``skip``: snapshots to plan as already forgotten (a dry run of a prune whose policy
+    removes them first; the real run has forgotten them before it plans)."""
     from dpmsfs.capture import state
     from dpmsfs.prune import captured_ids
 
     store.db.declare(*state.ALL_TABLES)
     result = EvictionPlan()
-    result.server, result.candidates, result.blocked = confirmed_candidates(store)
+    result.server, result.candidates, result.blocked = confirmed_candidates(store, skip)
     chosen = set(result.candidates)
     gone = evicted.evicted_names(store)
     kept_roots: list[bytes] = []
@@ -141,6 +146,8 @@ def plan(store: Store, target_bytes: int) -> EvictionPlan:
     with store.db.read() as txn:
         kept_roots.extend(oid for oid in captured_ids(txn) if oid != bytes(16))
     for record in store.list_snapshots():
+        if record.name in skip:
+            continue
         if record.name in chosen:
             candidate_roots.append((record.name, record.root_tree_id))
         elif record.name not in gone:
@@ -234,9 +241,15 @@ def mark_server_only(store: Store, names: list[str], server: str, now_ns: int) -
 
 
 def decide(
-    store: Store, budget: LocalBudget, now_ns: int, dry_run: bool, override_bytes: int | None
+    store: Store,
+    budget: LocalBudget,
+    now_ns: int,
+    dry_run: bool,
+    override_bytes: int | None,
+    skip: Collection[str] = (),
 ) -> EvictionResult:
-    """Measure, plan and (unless ``dry_run``) mark; the caller's collection reclaims."""
+    """Measure, plan and (unless ``dry_run``) mark; the caller's collection reclaims.
+    ``skip``: what a dry run's policy would forget before (see `plan`)."""
     if override_bytes is not None:
         budget = LocalBudget(bytes=override_bytes, percent=0, free_floor_percent=0,
                              low_water=budget.low_water)  # fmt: skip
@@ -244,7 +257,7 @@ def decide(
     result = EvictionResult(budget.describe(), dry_run, usage.used_bytes, usage.used_bytes,
                             usage.cap_bytes, usage.target_bytes, usage.reason)  # fmt: skip
     if usage.target_bytes is not None:
-        chosen = plan(store, usage.target_bytes)
+        chosen = plan(store, usage.target_bytes, skip)
         result.server, result.blocked = chosen.server, chosen.blocked
         if dry_run:
             result.evicted = chosen.evict

@@ -137,7 +137,7 @@ def prune(
             result.trimmed = {n: [r.pattern for r in rules] for n, rules in due.items()}
             if budget is not None or budget_bytes is not None:
                 result.eviction = local_budget.decide(
-                    store, budget or LocalBudget(), result.started_ns, True, budget_bytes
+                    store, budget or LocalBudget(), result.started_ns, True, budget_bytes, doomed
                 )
             result.collect = gc.collect(
                 store,
@@ -295,7 +295,12 @@ class PruneService:
         falls below the floor, not only on the schedule: a `statvfs` and one read of the
         ``packs`` table every ``check_seconds`` on a worker thread, off the I/O path. After
         a run, at least five checks pass before the next (a budget nothing can meet, with
-        the server down, is not retried in a loop; status says why)."""
+        the server down, is not retried in a loop; status says why).
+
+        The run is the whole prune, policy first, on purpose: what the policy forgets at
+        this moment is what the next scheduled prune would forget too, and reclaiming it
+        first means fewer snapshots need to become server-only to get under the budget
+        (the eviction is planned after the policy's removals)."""
         import trio
 
         if not self.budget.enabled or self.budget.check_seconds <= 0:

@@ -155,3 +155,29 @@ def test_budget_keys_parse_and_refuse_nonsense() -> None:
     assert evicted.parse_size("40G") == 40 << 30 and evicted.parse_size("500M") == 500 << 20
     with pytest.raises(UsageError):
         evicted.parse_size("big")
+
+
+def test_a_dry_run_evicts_what_the_real_run_will(tmp_path: Path) -> None:
+    """Policy removals and a budget together: the dry run plans the eviction as if the
+    policy's snapshots were already forgotten, as the real run does (forget, then plan)."""
+    from dpmsfs.prune import prune
+    from dpmsfs.store.retention import Policy
+
+    for cap_files in (1.5, 2.5, 4.5):  # room for one, two, four of the 200 kB files
+        store = new_store(str(tmp_path / f"s{cap_files}"))
+        try:
+            names = [snapshot(store, {"f.bin": _data(20 + i)}, T0 + i * 10**9) for i in range(6)]
+            for name in names:
+                _confirm(store, name)
+            cap = evicted.LocalBudget(bytes=int(cap_files * 200_000 / 0.9), percent=0,
+                                      free_floor_percent=0)  # fmt: skip
+            policy = Policy(keep_last=4)  # forgets the two oldest
+            dry = prune(store, policy, dry_run=True, now_ns=T0 + 10 * 10**9, budget=cap)
+            assert dry.forgotten == names[:2]
+            assert dry.eviction is not None
+            assert not set(dry.eviction.evicted) & set(names[:2]), dry.eviction
+            real = prune(store, policy, dry_run=False, now_ns=T0 + 10 * 10**9, budget=cap)
+            assert real.eviction is not None
+            assert dry.eviction.evicted == real.eviction.evicted, (cap_files, dry, real)
+        finally:
+            store.close()
