@@ -17,8 +17,9 @@ Hooks:
   remote/ (the server client), which the alerts must not depend on.
 Each event is tried `webhook_attempts` times with exponential backoff; an event still
 undelivered stays queued (at most MAX_QUEUED, oldest dropped and counted) and is tried
-again at the next evaluations. While anything is undelivered, `delivery_state()` says
-`failing`, which the health rule `alert_delivery_failing` turns into an alert of its own.
+again at the next evaluations, and survives a daemon restart (saved with the active set,
+`STATE_FILE`). While anything is undelivered, `delivery_state()` says `failing`, which the
+health rule `alert_delivery_failing` turns into an alert of its own.
 """
 
 from __future__ import annotations
@@ -69,55 +70,76 @@ class AlertEvent:
             **context,
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"alert": self.alert.to_dict(), "state": self.state,
+                "previous_severity": self.previous_severity, "at_ns": self.at_ns}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> AlertEvent:
+        return cls(_alert_of(doc["alert"]), str(doc["state"]), str(doc["previous_severity"]),
+                   int(doc["at_ns"]))  # fmt: skip
+
+
+def _alert_of(doc: dict[str, Any]) -> Alert:
+    return Alert(str(doc["name"]), str(doc["severity"]), str(doc["message"]), int(doc["since"]))
+
 
 STATE_FILE = "alerts-state.json"
-"""Beside the store: JSON ``{"version": 1, "active": [Alert.to_dict(), ...]}``, the alerts
-active after the last evaluation whose events were handed to delivery. Read at start so
-a restarted daemon with the same alert still active does not fire it again (and one that
-cleared while it was down fires "cleared")."""
+"""Beside the store: JSON ``{"version": 1, "active": [Alert.to_dict(), ...], "undelivered":
+[AlertEvent.to_dict(), ...]}``: the alerts active after the last evaluation whose events
+were handed to delivery, and the events the hooks have not taken yet, oldest first. Read
+at start so a restarted daemon with the same alert still active does not fire it again
+(one that cleared while it was down fires "cleared"), and delivers what was still queued
+before anything new. ``undelivered`` may be absent (files written before it existed)."""
 
 
 class AlertTracker:
     """The alerts active after the last evaluation; `update` returns what changed.
 
-    With ``state_path``, the active set survives a daemon restart: `load` at start,
-    `save` (temp, fsync, rename) after the events of an update went to delivery, so a
-    crash between the two fires an event again rather than never (at least once).
+    With ``state_path``, the active set and the undelivered events survive a daemon
+    restart: `load` at start, `save` (temp, fsync, rename) after the events of an update
+    went to delivery, so a crash between the two fires an event again rather than never
+    (at least once).
     """
 
     def __init__(self, state_path: str | None = None) -> None:
         self.active: dict[str, Alert] = {}
         self.state_path = state_path
-        self._saved: dict[str, Alert] | None = None
+        self._saved: tuple[dict[str, Alert], list[AlertEvent]] | None = None
 
-    def load(self) -> None:
+    def load(self) -> list[AlertEvent]:
+        """Read the saved state; returns the events that were still undelivered."""
         if self.state_path is None:
-            return
+            return []
+        undelivered: list[AlertEvent] = []
         try:
             with open(self.state_path, encoding="utf-8") as f:
                 doc = json.load(f)
-            alerts = [
-                Alert(str(a["name"]), str(a["severity"]), str(a["message"]), int(a["since"]))
-                for a in doc.get("active", [])
-            ]
-            self.active = {a.name: a for a in alerts}
+            self.active = {a.name: a for a in map(_alert_of, doc.get("active", []))}
+            undelivered = [AlertEvent.from_dict(e) for e in doc.get("undelivered", [])]
         except FileNotFoundError:
-            return
+            return []
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("ignoring unreadable alert state %s: %s", self.state_path, exc)
-            self.active = {}
-        self._saved = dict(self.active)
+            self.active, undelivered = {}, []
+        self._saved = (dict(self.active), list(undelivered))
+        return undelivered
 
-    def save(self) -> None:
-        if self.state_path is None or self._saved == self.active:
+    def save(self, undelivered: list[AlertEvent] | None = None) -> None:
+        undelivered = list(undelivered or [])
+        if self.state_path is None or self._saved == (self.active, undelivered):
             return
-        doc = {"version": 1, "active": [a.to_dict() for a in self.active.values()]}
+        doc = {
+            "version": 1,
+            "active": [a.to_dict() for a in self.active.values()],
+            "undelivered": [e.to_dict() for e in undelivered],
+        }
         try:
             write_json(Path(self.state_path), doc)
         except OSError as exc:  # a full disk: alerts go on, a restart may fire again
             log.warning("cannot save alert state %s: %s", self.state_path, exc)
             return
-        self._saved = dict(self.active)
+        self._saved = (dict(self.active), undelivered)
 
     def update(self, result: Health, now_ns: int) -> list[AlertEvent]:
         events: list[AlertEvent] = []
@@ -163,6 +185,15 @@ class Notifier:
     @property
     def configured(self) -> bool:
         return bool(self.settings.command or self.settings.webhook)
+
+    def requeue(self, events: list[AlertEvent]) -> None:
+        """Put events a previous daemon left undelivered first in the queue."""
+        with self._lock:
+            self._queue[:0] = events
+
+    def undelivered(self) -> list[AlertEvent]:
+        with self._lock:
+            return list(self._queue)
 
     def deliver(self, events: list[AlertEvent]) -> None:
         """Deliver the queued events, then `events`, in order (blocking: a worker thread)."""
@@ -315,8 +346,12 @@ class AlertService:
         self._cached: tuple[float, object, dict[str, Any]] | None = None
         self.rebuilds = 0
         self.tracker = AlertTracker(state_path)
-        self.tracker.load()
         self.notifier = Notifier(settings, context)
+        left = self.tracker.load()
+        if left:
+            log.info("%d alert events left undelivered by the last daemon: delivering first",
+                     len(left))  # fmt: skip
+            self.notifier.requeue(left)
         self.evaluations = 0
 
     def section(self) -> dict[str, Any]:
@@ -338,8 +373,8 @@ class AlertService:
             # Abandoned on cancel: a stop of the daemon must not wait for a webhook's
             # retries (the thread finishes or dies with the process).
             await trio.to_thread.run_sync(self.notifier.deliver, events, abandon_on_cancel=True)
-        if events:
-            await trio.to_thread.run_sync(self.tracker.save)
+            undelivered = self.notifier.undelivered() if self.notifier.configured else []
+            await trio.to_thread.run_sync(self.tracker.save, undelivered)
         return events
 
     async def _report(self) -> dict[str, Any]:

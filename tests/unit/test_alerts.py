@@ -200,3 +200,35 @@ def test_evaluations_reuse_the_report_until_old_or_its_inputs_change() -> None:
     trio.run(main)
     assert len(built) == 2 and service.section()["report_rebuilds"] == 2
     assert service.section()["evaluations"] == 6
+
+
+def test_events_undelivered_at_a_restart_are_delivered_by_the_next_daemon(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The hook is down when an alert is raised and the daemon restarts before it is
+    back: the next daemon (same state file) delivers the queued event first, once."""
+    state = str(tmp_path / "alerts-state.json")
+    settings = AlertSettings(webhook=receiver.url, webhook_attempts=1, report_max_age_seconds=0)
+    receiver.fail = 10**6
+
+    async def low_space() -> dict[str, Any]:
+        return report(store_free_bytes=5)
+
+    async def evaluate(service: AlertService, times: int) -> None:
+        for _ in range(times):
+            await service.evaluate_once()
+
+    first = AlertService(settings, CONTEXT, low_space, state_path=state)
+    trio.run(evaluate, first, 2)
+    assert receiver.bodies == [] and first.notifier.state()["queued"] == 1
+
+    receiver.fail = 0  # the hook is back; a new daemon, the alert still active
+    second = AlertService(settings, CONTEXT, low_space, state_path=state)
+    assert second.notifier.state()["queued"] == 1
+    trio.run(evaluate, second, 3)
+    assert [(b["name"], b["state"]) for b in receiver.bodies] == [("store_free_space", "raised")]
+    assert second.notifier.state()["queued"] == 0
+
+    third = AlertService(settings, CONTEXT, low_space, state_path=state)  # nothing left over
+    trio.run(evaluate, third, 2)
+    assert len(receiver.bodies) == 1 and third.notifier.state()["queued"] == 0
