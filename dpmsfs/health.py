@@ -198,7 +198,9 @@ def _sync_lag(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Aler
 
 def _server_unreachable(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Alert | None:
     sync = _section(report, "sync")
-    if sync is None or sync.get("reachable", True):
+    # Only a failed contact counts: `None` means not contacted yet (a daemon whose first
+    # pass is still asking), which is no reason to page anyone.
+    if sync is None or sync.get("reachable") is not False:
         return None
     error = sync.get("last_error")
     detail = f": {error}" if error else ""

@@ -180,6 +180,10 @@ class SyncService:
         self.status.running = True
         self.status.last_attempt_ns = self.now_ns()
         try:
+            # The server answers: say so now, not only when this pass ends (a first sync
+            # of a whole tool takes many minutes; `reachable` stays None meanwhile).
+            self.status.server_id = self.backend.server_id()
+            self.status.reachable = True
             with priority.background():
                 if self._recheck:
                     self._recheck = False

@@ -81,6 +81,9 @@ def test_unmount_mid_pass_stops_the_thread(tmp_path: Path) -> None:
             with trio.fail_after(10):
                 while calls < 3:
                     await trio.sleep(0.01)
+            # mid-pass (a long first sync): the server answered, so it is reachable
+            # (not "not contacted yet", which the old code said until the pass ended)
+            assert svc.status.running and svc.status.reachable is True
             nursery.cancel_scope.cancel()
 
     trio.run(main)

@@ -99,6 +99,8 @@ def test_server_unreachable() -> None:
     assert "connection refused" in result.alerts[0].message
     assert result.level == WARNING
     assert names(healthy_report(sync={"reachable": True})) == {}
+    # not contacted yet (the first pass is still running): no alert
+    assert names(healthy_report(sync={"reachable": None, "lag_seconds": 5})) == {}
 
 
 def test_verify_failure_is_critical_until_a_verify_passes() -> None:
