@@ -354,6 +354,7 @@ class HttpBackend:
                         out.append((want, frame))
                 except (BadFrameError, IntegrityError) as exc:
                     raise _DamagedFrame(want, str(exc)) from None
+            _drain(raw)
         except (requests.RequestException, OSError) as exc:
             raise TemporaryRemoteError(f"download stream broke: {exc}") from exc
         finally:
@@ -464,6 +465,20 @@ def _read_exactly(raw: Any, n: int) -> bytes:
         parts.append(piece)
         left -= len(piece)
     return b"".join(parts)
+
+
+def _drain(raw: Any) -> None:
+    """Read a download answer to its end (the chunked body's last, empty chunk), so the
+    connection goes back to the pool when the response is closed.
+
+    Reading exactly the records asked for leaves that last chunk unread; urllib3 then
+    closes the socket instead of keeping it alive, and every batch paid a new TCP
+    connection on both sides (344 connects for 344 downloads in a 548 MB restore).
+    More than a few bytes left means the server sent records nobody asked for.
+    """
+    extra = raw.read(1 << 16)
+    if extra:
+        raise IntegrityError(f"download: {len(extra)}+ bytes after the last record")
 
 
 class _DamagedFrame(Exception):
