@@ -4,6 +4,7 @@ alive, and every record is still checked against its id."""
 from __future__ import annotations
 
 import secrets
+import socket
 from typing import Any
 
 import pytest
@@ -50,3 +51,33 @@ def test_downloads_reuse_one_connection(
         assert len(connects) <= 1
     finally:
         backend.close()
+
+
+def test_proxy_settings_of_the_environment_still_apply(
+    shared_server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The environment is read once when the backend is made (not per request), and still
+    honoured: a proxy that does not answer fails the call unless NO_PROXY exempts the
+    server."""
+    from remote.errors import TemporaryRemoteError
+
+    with socket.socket() as probe:  # a port nobody listens on: the "proxy"
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("HTTP_PROXY", dead)
+    monkeypatch.setenv("http_proxy", dead)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = HttpBackend([shared_server.url], "px", TOOL_ANY, retrier=Retrier(NO_RETRY))
+    try:
+        with pytest.raises(TemporaryRemoteError):
+            list(proxied.load_many_plain(["0" * 32]))
+    finally:
+        proxied.close()
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    direct = HttpBackend([shared_server.url], "px", TOOL_ANY, retrier=Retrier(NO_RETRY))
+    try:
+        assert list(direct.load_many_plain(["0" * 32])) == [("0" * 32, None)]
+    finally:
+        direct.close()
