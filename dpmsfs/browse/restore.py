@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chunker import chunk_id
+from dpmsfs.browse.durable import start_writeback
 from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.errors import DpmsError
 from dpmsfs.store.tree import EntryType, TreeEntry, check_name
@@ -69,8 +70,13 @@ class Restorer:
         progress: Progress | None = None,
         workers: int = 2,
         keep_identical: bool = False,
+        early_writeback: bool = False,
     ) -> None:
         self.reader = reader
+        # A restore that ends with one syncfs (server_restore.py) starts each file's
+        # write-back as soon as the file is verified, so the disk works while the rest
+        # is fetched and the final sync has little left to wait for (durable.py).
+        self.early_writeback = early_writeback
         self.overwrite = overwrite
         # Resuming (dpmsfs restore --server): a regular file already in the target with
         # the snapshot's size, mtime and chunk ids is kept, not fetched and written again.
@@ -321,6 +327,8 @@ class Restorer:
                 )
             self._verify_written(fd, entry, lengths)
             self._apply_metadata(fd, entry)
+            if self.early_writeback:
+                start_writeback(fd)
             if temp:
                 os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             else:  # give the unnamed inode its name (EEXIST if one appeared meanwhile)
