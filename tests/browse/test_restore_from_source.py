@@ -226,9 +226,9 @@ def test_small_files_of_many_directories_share_requests(tmp_path: Path) -> None:
     result = restore_from_server(RemoteSource(backend), TOOL, name, [], target, force=False)
     assert tree_of(target) == files and result.stats.files == len(files)
     assert backend.data_requests <= 3
+    reader = SnapshotReader(store)
+    root = reader.snapshot(name).root_tree_id
     for d in range(60):  # each directory's own metadata was set after its files
-        assert (target / f"lot{d:02}").stat().st_mtime_ns == (
-            SnapshotReader(store).lookup(
-                SnapshotReader(store).snapshot(name).root_tree_id, f"lot{d:02}".encode()
-            )
-        ).mtime_ns
+        entry = reader.lookup(root, f"lot{d:02}".encode())
+        assert entry is not None
+        assert (target / f"lot{d:02}").stat().st_mtime_ns == entry.mtime_ns
