@@ -189,11 +189,11 @@ class Restorer:
         Oldest first is children before parents: a directory is queued once everything
         below it was queued. Every queued descriptor is closed, even after a failure.
         """
-        if len(self._pending_dirs) > keep:
-            self._submit_group()  # its files may be some of those about to be waited for
         error: BaseException | None = None
         while len(self._pending_dirs) > keep:
             fd, entry, files = self._pending_dirs.popleft()
+            if any(f is files for _, _, f in self._group):
+                self._submit_group()  # holds some of this directory's files
             try:
                 for future in files:
                     future.exception()  # all of them, before raising anything
