@@ -282,15 +282,32 @@ class HttpBackend:
             raise PermanentRemoteError(f"upload answer malformed: {exc}") from exc
 
     def load(self, id: str) -> bytes:
+        """One object's frame, verified. A frame that fails the check is reported to the
+        server like a damaged download record (`objects:suspect`) and asked for once
+        more: a blob that rotted on the server's disk then reads as absent
+        (NotFoundError, the tool re-uploads it) instead of failing every retry."""
         _check_id(id)
         path = self._ns(f"objects/{id}")
 
-        def fetch() -> bytes:
+        def fetch_once() -> bytes:
             resp = self._call(f"load {id}", "GET", path, (200,))
             frame = resp.content
             self._throttle(len(frame))
-            _verify_frame(id, frame)
+            try:
+                _verify_frame(id, frame)
+            except IntegrityError as exc:
+                raise _DamagedFrame(id, str(exc)) from None
             return frame
+
+        def fetch() -> bytes:
+            try:
+                return fetch_once()
+            except _DamagedFrame as exc:
+                self._report_damage(exc)
+            try:
+                return fetch_once()
+            except _DamagedFrame as again:
+                raise IntegrityError(f"object {again.id}: {again.reason}") from None
 
         return self._retry(f"load {id}", fetch)
 
@@ -316,22 +333,27 @@ class HttpBackend:
         try:
             return self._download_batch(ids, plain)
         except _DamagedFrame as exc:
-            try:
-                damaged = self._suspect([exc.id])
-            except RemoteError as report_failed:  # an older server, or none answering now
-                log.warning("object %s downloaded damaged (%s); reporting it failed: %s",
-                            exc.id, exc.reason, report_failed)  # fmt: skip
-                raise IntegrityError(f"object {exc.id}: {exc.reason}") from None
-            log.warning(
-                "object %s downloaded damaged (%s); server found its copy %s",
-                exc.id,
-                exc.reason,
-                "damaged and quarantined it" if damaged else "sound",
-            )
-            try:
-                return self._download_batch(ids, plain)
-            except _DamagedFrame as again:
-                raise IntegrityError(f"object {again.id}: {again.reason}") from None
+            self._report_damage(exc)
+        try:
+            return self._download_batch(ids, plain)
+        except _DamagedFrame as again:
+            raise IntegrityError(f"object {again.id}: {again.reason}") from None
+
+    def _report_damage(self, exc: _DamagedFrame) -> None:
+        """Tell the server a frame it sent failed the check (it re-checks that blob in
+        full and quarantines it if damaged); IntegrityError if it cannot be told."""
+        try:
+            damaged = self._suspect([exc.id])
+        except RemoteError as report_failed:  # an older server, or none answering now
+            log.warning("object %s downloaded damaged (%s); reporting it failed: %s",
+                        exc.id, exc.reason, report_failed)  # fmt: skip
+            raise IntegrityError(f"object {exc.id}: {exc.reason}") from None
+        log.warning(
+            "object %s downloaded damaged (%s); server found its copy %s",
+            exc.id,
+            exc.reason,
+            "damaged and quarantined it" if damaged else "sound",
+        )
 
     def _suspect(self, ids: list[str]) -> list[str]:
         path = self._ns("objects:suspect")
