@@ -198,7 +198,9 @@ def _sync_lag(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Aler
 
 def _server_unreachable(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Alert | None:
     sync = _section(report, "sync")
-    if sync is None or sync.get("reachable", True):
+    # Only a server found unreachable: None is "not contacted yet" (the first pass still
+    # running, e.g. a first upload that takes minutes), which raised this alert before.
+    if sync is None or sync.get("reachable") is not False:
         return None
     error = sync.get("last_error")
     detail = f": {error}" if error else ""

@@ -223,6 +223,29 @@ class HttpBackend:
             return False
         return True
 
+    def answers(self) -> bool:
+        """Whether any server answers at all, whatever the status (no retry).
+
+        What "reachable" means to the sync service: a server that is busy (503, 429), full
+        (507) or failing (500) still answers, and is not the network or the server being
+        gone. `health()` is False for those, so a busy server taking a tool's first upload
+        raised a `server_unreachable` alert."""
+        for i, base in enumerate(self.urls):
+            try:
+                resp = self._session.request(
+                    "GET",
+                    base + "/v2/health",
+                    timeout=self.timeout,
+                    verify=self.tls_verify,
+                    proxies=self._proxies[i],
+                )
+            except requests.RequestException as exc:
+                log.debug("%s does not answer: %s", base, exc)
+                continue
+            resp.close()
+            return True
+        return False
+
     # -- objects -------------------------------------------------------------------------
 
     def missing(self, objects: Sequence[tuple[str, str | None]]) -> Keys:
