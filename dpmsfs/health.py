@@ -198,8 +198,8 @@ def _sync_lag(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Aler
 
 def _server_unreachable(report: dict[str, Any], rules: AlertSettings, now_ns: int) -> Alert | None:
     sync = _section(report, "sync")
-    # Only a failed contact counts: `None` means not contacted yet (a daemon whose first
-    # pass is still asking), which is no reason to page anyone.
+    # Only a server found unreachable: None is "not contacted yet" (the first pass still
+    # running, e.g. a first upload that takes minutes), which raised this alert before.
     if sync is None or sync.get("reachable") is not False:
         return None
     error = sync.get("last_error")

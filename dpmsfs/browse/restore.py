@@ -25,6 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from chunker import chunk_id
+from dpmsfs.browse.durable import start_writeback
 from dpmsfs.browse.reader import SnapshotReader
 from dpmsfs.errors import DpmsError
 from dpmsfs.store.tree import EntryType, TreeEntry, check_name
@@ -69,8 +70,13 @@ class Restorer:
         progress: Progress | None = None,
         workers: int = 2,
         keep_identical: bool = False,
+        early_writeback: bool = False,
     ) -> None:
         self.reader = reader
+        # A restore that ends with one syncfs (server_restore.py) starts each file's
+        # write-back as soon as the file is verified, so the disk works while the rest
+        # is fetched and the final sync has little left to wait for (durable.py).
+        self.early_writeback = early_writeback
         self.overwrite = overwrite
         # Resuming (dpmsfs restore --server): a regular file already in the target with
         # the snapshot's size, mtime and chunk ids is kept, not fetched and written again.
@@ -93,6 +99,12 @@ class Restorer:
         self._pending_dirs: collections.deque[tuple[int, TreeEntry | None, list[Future[None]]]] = (
             collections.deque()
         )
+        # Small files not yet handed to a worker, from one or more directories: (entry,
+        # directory fd, that directory's futures). One group is one fetch from the server
+        # whichever directories it spans: per directory, a tree of many small directories
+        # cost one request each (306 requests of 1.8 MB on average for a 548 MB tree).
+        self._group: list[tuple[TreeEntry, int, list[Future[None]]]] = []
+        self._group_bytes = 0
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -124,27 +136,30 @@ class Restorer:
                     os.unlink(raw, dir_fd=target_fd)
         wanted = set()
         files: list[Future[None]] = []
-        batch: list[TreeEntry] = []
-        batch_size = 0
         try:
             for entry in entries:
                 check_name(entry.name)
                 wanted.add(entry.name)
                 if entry.type == EntryType.FILE and not entry.link_key:
                     if entry.size < self._batch_bytes // 4:
-                        batch.append(entry)
-                        batch_size += entry.size
-                        if batch_size >= self._batch_bytes or len(batch) >= BATCH_FILES:
-                            files.append(self._pool.submit(self._restore_batch, batch, target_fd))
-                            batch, batch_size = [], 0
+                        self._group.append((entry, target_fd, files))
+                        self._group_bytes += entry.size
+                        if (
+                            self._group_bytes >= self._batch_bytes
+                            or len(self._group) >= BATCH_FILES
+                        ):
+                            self._submit_group()
                     else:
                         files.append(self._pool.submit(self._restore_entry, entry, target_fd))
                 else:
                     self._restore_entry(entry, target_fd)
-            if batch:
-                files.append(self._pool.submit(self._restore_batch, batch, target_fd))
         except BaseException:
-            for future in files:  # they use target_fd: done before the caller closes it
+            # Nothing of this directory may stay queued or in flight: they use target_fd,
+            # which the caller closes (the group's other files are dropped too: the
+            # restore fails as a whole).
+            self._group.clear()
+            self._group_bytes = 0
+            for future in files:
                 future.exception()
             raise
         if self.delete_extra:
@@ -154,6 +169,18 @@ class Restorer:
                     remove_tree_at(target_fd, raw)
                     self.stats.removed += 1
         return files
+
+    def _submit_group(self) -> None:
+        """Hand the small files collected so far to a worker, as one task; its future
+        joins the futures of every directory it writes into."""
+        if not self._group:
+            return
+        group = self._group
+        self._group = []
+        self._group_bytes = 0
+        future = self._pool.submit(self._restore_batch, [(e, fd) for e, fd, _ in group])
+        for files in {id(f): f for _, _, f in group}.values():
+            files.append(future)
 
     def _finish_dirs(self, keep: int) -> None:
         """Finish queued directories, oldest first, until at most `keep` remain: wait for
@@ -165,6 +192,8 @@ class Restorer:
         error: BaseException | None = None
         while len(self._pending_dirs) > keep:
             fd, entry, files = self._pending_dirs.popleft()
+            if any(f is files for _, _, f in self._group):
+                self._submit_group()  # holds some of this directory's files
             try:
                 for future in files:
                     future.exception()  # all of them, before raising anything
@@ -236,12 +265,12 @@ class Restorer:
         self._finish_dirs(PENDING_DIRS)
         self.stats.directories += 1
 
-    def _restore_batch(self, entries: list[TreeEntry], parent_fd: int) -> None:
-        """Restore small files of one directory with one fetch of all their chunks."""
-        todo = [e for e in entries if not self._kept(e, parent_fd)]
-        wanted = list(dict.fromkeys(c for e in todo for c in e.content))
+    def _restore_batch(self, files: list[tuple[TreeEntry, int]]) -> None:
+        """Restore small files (entry, directory fd) with one fetch of all their chunks."""
+        todo = [(e, fd) for e, fd in files if not self._kept(e, fd)]
+        wanted = list(dict.fromkeys(c for e, _ in todo for c in e.content))
         contents = dict(zip(wanted, self.reader.source.read_objects(wanted), strict=True))
-        for entry in todo:
+        for entry, parent_fd in todo:
             check_name(entry.name)
             self._restore_file(entry, parent_fd, contents, checked=True)
             self._report()
@@ -321,6 +350,8 @@ class Restorer:
                 )
             self._verify_written(fd, entry, lengths)
             self._apply_metadata(fd, entry)
+            if self.early_writeback:
+                start_writeback(fd)
             if temp:
                 os.rename(temp, entry.name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
             else:  # give the unnamed inode its name (EEXIST if one appeared meanwhile)

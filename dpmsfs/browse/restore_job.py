@@ -74,6 +74,7 @@ def restore(
     progress: Progress | None = None,
     keep_identical: bool = False,
     workers: int = 2,
+    early_writeback: bool = False,
 ) -> RestoreStats:
     """Restore `selection` (empty: the whole tree) of `record` under `target`.
     `keep_identical`: files already there with the snapshot's content are kept (resume)."""
@@ -85,6 +86,7 @@ def restore(
         progress=progress,
         workers=workers,
         keep_identical=keep_identical,
+        early_writeback=early_writeback,
     )
     target_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -159,12 +159,16 @@ class SyncService:
 
     def _reachable(self) -> bool:
         """After a temporary error: does a server answer at all (full disk, overload) or
-        none (network gone)? One health request, no retries, if the backend offers it."""
-        health = getattr(self.backend, "health", None)
-        if not callable(health):
+        none (network gone)? One request, no retries, if the backend offers it: any HTTP
+        answer counts (`answers`), since a busy server answering 503 is not unreachable;
+        a backend without it is asked its `health`."""
+        probe = getattr(self.backend, "answers", None)
+        if not callable(probe):
+            probe = getattr(self.backend, "health", None)
+        if not callable(probe):
             return False
         try:
-            return bool(health())
+            return bool(probe())
         except Exception:
             return False
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import random
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -194,3 +196,40 @@ def test_local_restore_takes_what_the_store_lacks_from_the_server(
     restore_job.restore(both, record, selection, target, in_place=False, force=False)
     assert tree_of(target) == files
     assert sorted(backend.downloads) == sorted(o.hex() for o in lost)
+
+
+class BatchCountingBackend(CountingBackend):
+    """Counts the data requests (`load_many_plain` from the fetch threads; trees are
+    fetched on their own threads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_requests = 0
+
+    def load_many_plain(self, ids: Sequence[str]) -> Iterator[tuple[str, bytes | None]]:
+        if threading.current_thread().name.startswith("fetch"):
+            with self._count_lock:
+                self.data_requests += 1
+        return super().load_many_plain(ids)
+
+
+def test_small_files_of_many_directories_share_requests(tmp_path: Path) -> None:
+    """Small files are grouped across directories: a tree of 300 small directories (more
+    than the walk keeps open, so it finishes directories while it walks) takes a few data
+    requests of 256 files, not one (or more) per directory."""
+    rng = random.Random(11)
+    files = {f"lot{d:03}/w{w}.csv": rng.randbytes(900 + w) for d in range(300) for w in range(2)}
+    store = new_store(str(tmp_path / "store"))
+    name = snapshot(store, files)
+    backend = BatchCountingBackend()
+    upload_snapshot(store, backend, name)
+    target = tmp_path / "target"
+    result = restore_from_server(RemoteSource(backend), TOOL, name, [], target, force=False)
+    assert tree_of(target) == files and result.stats.files == len(files)
+    assert backend.data_requests <= 4  # 600 files: 3 groups of at most 256
+    reader = SnapshotReader(store)
+    root = reader.snapshot(name).root_tree_id
+    for d in range(300):  # each directory's own metadata was set after its files
+        entry = reader.lookup(root, f"lot{d:03}".encode())
+        assert entry is not None
+        assert (target / f"lot{d:03}").stat().st_mtime_ns == entry.mtime_ns

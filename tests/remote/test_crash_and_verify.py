@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from remote.frames import make_record
 from remote.http_backend import HttpBackend
 from remote.pool import HEADER_SIZE
@@ -237,3 +239,23 @@ def test_damaged_lists_quarantined_ids_since_a_cursor(fresh_server: ServerProces
         {"Authorization": f"Bearer {TOOL_A}"},
     )
     assert answer.status == 400
+
+
+def test_single_object_load_reports_payload_damage_and_reads_it_as_absent(
+    fresh_server: ServerProcess,
+) -> None:
+    """`GET objects/<id>` is checked like a download record: a rotted payload is reported
+    (`objects:suspect`), quarantined by the server, and then reads as absent."""
+    from remote.errors import NotFoundError
+
+    id, digest, frame = make_record(secrets.token_bytes(4096))
+    with backend(fresh_server) as b:
+        b.upload([(id, digest, frame)])
+        flip_byte(blob_file(fresh_server, digest), HEADER_SIZE + 100)  # in the payload
+        with pytest.raises(NotFoundError):
+            b.load(id)
+        quarantined = list((fresh_server.data / "quarantine" / "pool").iterdir())
+        assert [p.name.split(".")[0] for p in quarantined] == [digest]
+        assert b.missing([(id, digest)]) == [id]
+        b.upload([(id, digest, frame)])  # the tool heals it
+        assert b.load(id) == frame
