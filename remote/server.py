@@ -355,6 +355,30 @@ class App:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from exc
 
+    async def _string_list(
+        self,
+        req: Request,
+        key: str,
+        limit: int,
+        valid: Callable[[str], bool],
+        error: str,
+        what: str,
+    ) -> list[str]:
+        """The body ``{key: [strings]}``, at most ``limit``, each passing ``valid``."""
+        doc = await self._json_body(req)
+        items = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise ApiError(400, "bad_json", f'body must be {{"{key}": [...]}}')
+        if len(items) > limit:
+            raise ApiError(413, "too_large", f"at most {limit} {key} per request")
+        bad = [i for i in items if not valid(i)]
+        if bad:
+            raise ApiError(400, error, f"invalid {what}: {bad[:5]!r}")
+        return items
+
+    async def _id_list(self, req: Request, limit: int) -> list[str]:
+        return await self._string_list(req, "ids", limit, names.is_key, "bad_id", "object ids")
+
     # -- routing -------------------------------------------------------------------------
 
     async def _route(self, req: Request, send: Send) -> None:
@@ -499,15 +523,7 @@ class App:
             accepted.append(one)
 
     async def _download(self, req: Request, send: Send, ns: str) -> None:
-        doc = await self._json_body(req)
-        ids = doc.get("ids") if isinstance(doc, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ApiError(400, "bad_json", 'body must be {"ids": [...]}')
-        if len(ids) > MAX_DOWNLOAD:
-            raise ApiError(413, "too_large", f"at most {MAX_DOWNLOAD} ids per request")
-        bad = [i for i in ids if not names.is_key(i)]
-        if bad:
-            raise ApiError(400, "bad_id", f"invalid object ids: {bad[:5]!r}")
+        ids = await self._id_list(req, MAX_DOWNLOAD)
         req.answered = True
         start = {
             "type": "http.response.start",
@@ -548,15 +564,7 @@ class App:
 
     async def _suspect(self, req: Request, send: Send, ns: str) -> None:
         """A client found downloaded frames damaged: re-check those blobs in full."""
-        doc = await self._json_body(req)
-        ids = doc.get("ids") if isinstance(doc, dict) else None
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-            raise ApiError(400, "bad_json", 'body must be {"ids": [...]}')
-        if len(ids) > MAX_SUSPECT:
-            raise ApiError(413, "too_large", f"at most {MAX_SUSPECT} ids per request")
-        bad = [i for i in ids if not names.is_key(i)]
-        if bad:
-            raise ApiError(400, "bad_id", f"invalid object ids: {bad[:5]!r}")
+        ids = await self._id_list(req, MAX_SUSPECT)
         damaged = await self._run(self.store.suspect, ns, ids)
         await self._send_json(req, send, 200, {"damaged": damaged})
 
@@ -650,15 +658,8 @@ class App:
     async def _forgotten_refs(self, req: Request, send: Send, ns: str) -> None:
         """Which of these refs a prune forgot here: a tool asks before it sends a
         snapshot's objects again, so a pruned snapshot costs no upload."""
-        doc = await self._json_body(req)
-        wanted = doc.get("names") if isinstance(doc, dict) else None
-        if not isinstance(wanted, list) or not all(isinstance(n, str) for n in wanted):
-            raise ApiError(400, "bad_json", 'body must be {"names": [...]}')
-        if len(wanted) > MAX_MISSING:
-            raise ApiError(413, "too_large", f"at most {MAX_MISSING} names per request")
-        bad = [n for n in wanted if not names.is_ref_name(n)]
-        if bad:
-            raise ApiError(400, "bad_ref_name", f"invalid ref names: {bad[:5]!r}")
+        wanted = await self._string_list(req, "names", MAX_MISSING, names.is_ref_name,
+                                         "bad_ref_name", "ref names")  # fmt: skip
 
         def lookup() -> list[str]:
             if not self.store.has_namespace(ns):
