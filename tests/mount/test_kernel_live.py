@@ -18,6 +18,7 @@ import pytest
 from dpmsfs import mountinfo
 from dpmsfs.fs.changes import ChangeKind
 from tests.mount.conftest import (
+    IO_URING,
     ON_PYFUSE3,
     PASSTHROUGH,
     CliMount,
@@ -50,6 +51,10 @@ def test_status_shows_what_was_negotiated(workdir: Path, store_dir: Path) -> Non
         text = run_cli("status", str(workdir), "--store", str(store_dir)).stdout
         assert f"passthrough {'on' if PASSTHROUGH else 'off'}" in text
         assert "FUSE protocol 7." in mount.log()  # logged once at INIT
+        transport = "io_uring" if IO_URING else "/dev/fuse"
+        assert fuse["transport"] == transport, fuse.get("transport_reason")
+        assert f"transport {transport}" in text
+        assert mount.log().count("FUSE transport ") == 1, "logged once"
     finally:
         mount.stop()
 

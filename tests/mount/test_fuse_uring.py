@@ -1,0 +1,150 @@
+"""FUSE over io_uring (dpmsfs.fuseproto.uring) on real mounts: a request is served by
+the ring thread of the CPU that asked; unmount with requests in flight ends every
+thread; and every way io_uring cannot be had falls back to the /dev/fuse workers
+(setting off, ring setup failing, the kernel refusing a queue's registration)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dpmsfs.fuseproto import uring
+from dpmsfs.fuseproto.session import TRANSPORT_DEV, TRANSPORT_URING, Session
+from tests.mount.conftest import (
+    ON_PYFUSE3,
+    URING_KERNEL,
+    CliMount,
+    fuse_usable,
+    run_cli,
+    wait_for,
+)
+from tests.mount.test_fuseproto import CONTENT, DATA_INO, TinyFs, base, end  # noqa: F401
+
+pytestmark = [
+    pytest.mark.skipif(not fuse_usable(), reason="needs root and /dev/fuse"),
+    pytest.mark.skipif(not URING_KERNEL, reason="this kernel has no FUSE over io_uring"),
+]
+
+
+def mounted(base: Path, io_uring: str = "on", fault: str | None = None) -> tuple[TinyFs, Session]:
+    fs = TinyFs(base / "backing")
+    session = Session(
+        fs, str(base / "mnt"), fsname="tiny", subtype="dpmsfs-prototest",
+        options=["default_permissions", "allow_other"], passthrough=False, workers=3,
+        io_uring=io_uring, uring_fault=fault,
+    )  # fmt: skip
+    fs.session = session
+    session.mount()
+    return fs, session
+
+
+def test_a_request_from_each_cpu_is_served_on_that_cpu(base: Path) -> None:
+    fs, session = mounted(base)
+    pinned = os.sched_getaffinity(0)
+    try:
+        assert session.transport == TRANSPORT_URING, session.transport_reason
+        assert uring.parameter_state() is True, "auto/on turned the module parameter on"
+        assert sorted(session.requests_per_queue) == uring.possible_cpus()
+        for cpu in sorted(pinned):
+            os.sched_setaffinity(0, {cpu})
+            before = dict(session.requests_per_queue)
+            fs.threads.clear()
+            for _ in range(200):  # entry and attr timeouts are 0: LOOKUP + GETATTR each
+                assert os.stat(base / "mnt" / "data").st_size == len(CONTENT)
+            grew = {q: session.requests_per_queue[q] - before[q] for q in before}
+            assert grew[cpu] >= 400, grew
+            assert sum(n for q, n in grew.items() if q != cpu) < 40, grew
+            assert fs.threads == {f"fuse-ring-{cpu}"}, "the lookups ran on that CPU's thread"
+        # Errors are replies on the ring too; RELEASE (a background request) arrives.
+        with pytest.raises(FileNotFoundError):
+            os.stat(base / "mnt" / "nothing")
+        with pytest.raises(OSError) as raised:
+            os.stat(base / "mnt" / "boom")
+        assert raised.value.errno == errno.EIO
+        assert (base / "mnt" / "data").read_bytes() == CONTENT
+        assert fs.reads >= 1
+        wait_for(lambda: not fs.fds, what="RELEASE over the ring")
+        # FORGET still comes on /dev/fuse, served by the one worker kept for it.
+        Path("/proc/sys/vm/drop_caches").write_text("2")
+        wait_for(lambda: fs.forgotten.get(DATA_INO, 0) >= 1, what="FORGET of the file")
+    finally:
+        os.sched_setaffinity(0, pinned)
+        end(session)
+
+
+def test_unmount_with_requests_in_flight_ends_every_thread(base: Path) -> None:
+    fs, session = mounted(base)
+    assert session.transport == TRANSPORT_URING, session.transport_reason
+    outcomes: list[str] = []
+    started = threading.Barrier(5)
+
+    def hammer() -> None:
+        started.wait()
+        try:
+            while True:
+                (base / "mnt" / "data").read_bytes()
+        except OSError as exc:
+            outcomes.append(errno.errorcode.get(exc.errno or 0, str(exc)))
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    wait_for(lambda: fs.reads > 50, what="reads in flight")
+    session.unmount()
+    session.join(10)
+    assert not session.running, "every ring thread and worker saw the end"
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive(), "no caller hangs on a request of the dead session"
+    assert len(outcomes) == 4 and set(outcomes) <= {"ENOTCONN", "ENOENT", "ECONNABORTED"}, outcomes
+    session.close()
+
+
+@pytest.mark.parametrize(
+    ("io_uring", "fault", "reason"),
+    [
+        ("off", None, "fuse_io_uring = off"),
+        ("on", "setup", "ring setup failed"),
+        ("on", "register", "kernel refused registration"),
+    ],
+    ids=["setting-off", "ring-setup-fails", "kernel-refuses-registration"],
+)
+def test_falls_back_to_dev_fuse(base: Path, io_uring: str, fault: str | None, reason: str) -> None:
+    fs, session = mounted(base, io_uring, fault)
+    try:
+        assert session.transport == TRANSPORT_DEV
+        assert reason in session.transport_reason
+        for _ in range(20):
+            assert (base / "mnt" / "data").read_bytes() == CONTENT
+        assert sum(session.requests_per_queue.values()) == 0, "nothing served on a ring"
+        assert fs.threads and all(name.startswith("fuse-worker-") for name in fs.threads)
+    finally:
+        end(session)
+
+
+@pytest.mark.skipif(ON_PYFUSE3, reason="the kernel-protocol layer only")
+def test_daemon_falls_back_when_the_kernel_refuses_the_rings(
+    workdir: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole daemon: a registration the kernel refuses is one warning, the mount
+    serves on /dev/fuse, and `dpmsfs status` says so."""
+    monkeypatch.setenv("DPMSFS_FUSE_IO_URING", "on")
+    monkeypatch.setenv("DPMSFS_TEST_URING_FAULT", "register")
+    mount = CliMount(workdir, "--store", str(store_dir))
+    try:
+        (workdir / "a.txt").write_bytes(b"served on /dev/fuse\n")
+        assert (workdir / "a.txt").read_bytes() == b"served on /dev/fuse\n"
+        result = run_cli("status", str(workdir), "--store", str(store_dir), "--json")
+        assert result.returncode == 0, result.stderr
+        fuse = json.loads(result.stdout)["fuse"]
+        assert fuse["transport"] == "/dev/fuse"
+        assert "kernel refused registration" in fuse["transport_reason"]
+        assert mount.log().count("WARNING") >= 1 and "serving on /dev/fuse" in mount.log()
+    finally:
+        mount.stop()
