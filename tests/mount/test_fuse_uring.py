@@ -8,12 +8,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from dpmsfs.fuseproto import uring
+from dpmsfs.fuseproto import kernel, uring
 from dpmsfs.fuseproto.session import TRANSPORT_DEV, TRANSPORT_URING, Session
 from tests.mount.conftest import (
     ON_PYFUSE3,
@@ -23,12 +26,23 @@ from tests.mount.conftest import (
     run_cli,
     wait_for,
 )
-from tests.mount.test_fuseproto import CONTENT, DATA_INO, TinyFs, base, end  # noqa: F401
+from tests.mount.test_fuseproto import CONTENT, DATA_INO, TinyFs, end
 
 pytestmark = [
     pytest.mark.skipif(not fuse_usable(), reason="needs root and /dev/fuse"),
     pytest.mark.skipif(not URING_KERNEL, reason="this kernel has no FUSE over io_uring"),
 ]
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="dpmsfs-uring-", dir="/tmp"))
+    (path / "mnt").mkdir()
+    (path / "backing").write_bytes(CONTENT)
+    yield path
+    if os.path.ismount(path / "mnt"):
+        kernel.unmount(str(path / "mnt"))
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def mounted(base: Path, io_uring: str = "on", fault: str | None = None) -> tuple[TinyFs, Session]:
