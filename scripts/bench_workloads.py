@@ -5,13 +5,18 @@ Sides, all on real disk (a directory under --base, default /var/tmp), with captu
 on a tool (`dpmsfs mount --foreground --store ...`):
 
 * native: the bare directory;
-* kernel-pt: the live mount on our own FUSE layer with FUSE passthrough;
-* kernel: the same layer without passthrough (READ/WRITE served by the daemon, as on a
-  kernel older than 6.9);
+* kernel-pt: the live mount on our own FUSE layer with FUSE passthrough, requests on
+  the classic /dev/fuse workers (DPMSFS_FUSE_IO_URING=off);
+* kernel-pt-uring: the same with FUSE over io_uring (one ring and thread per CPU: a
+  request is served on the CPU that asked; fuse_io_uring = on);
+* kernel: the layer without passthrough, on /dev/fuse (READ/WRITE served by the
+  daemon, as on a kernel older than 6.9);
 * pyfuse3: the previous live path (DPMSFS_LIVE_FUSE=pyfuse3).
 
 Workloads: the datalog writer (20,000 unbuffered 256-byte appends, fsync every 1,000),
-a sequential write (with fsync) and a warm sequential read of it, `tar x` of a source
+a sequential write (with fsync) and a warm sequential read of it (tens of ms and
+noisy: read SEQ_READ_REPEATS times per round, the round's figure is their median),
+`tar x` of a source
 tree from mkdataset's pgm/ (no *.atp), `grep -r` over it (page cache warm), `rm -rf`
 of it, and `make -j2` of a C project (Lua by default, or --make-src: a directory
 with a Makefile, copied in fresh each round).
@@ -20,7 +25,9 @@ Sides are interleaved in rounds (the order rotates); each workload's figure is t
 median over rounds of the per-round ratio side / native. FUSE requests per workload
 and the microseconds spent handling them come from the daemon's request counter
 (DPMSFS_FUSE_REQUEST_COUNTS; the kernel layer's session and, on pyfuse3, a counting
-wrapper around the Operations, both off unless that variable is set). The C build is
+wrapper around the Operations, both off unless that variable is set). The transport
+each kernel-layer side really ran on (the daemon logs it once: "FUSE transport ...")
+goes into the JSON under "transports". The C build is
 `make -j2 linux` of Lua 5.4.4 (Debian's orig tarball, sha256-checked, cached under
 /var/cache/dpmsfs-bench, extracted fresh each round); a run that cannot download it
 says so and goes on without it.
@@ -50,7 +57,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 MOUNT_TIMEOUT = 30.0
-SIDES = ("native", "kernel-pt", "kernel", "pyfuse3")
+SIDES = ("native", "kernel-pt", "kernel-pt-uring", "kernel", "pyfuse3")
+SEQ_READ_REPEATS = 5
+TRANSPORT_MARK = "FUSE transport "
 LUA_URL = "https://deb.debian.org/debian/pool/main/l/lua5.4/lua5.4_5.4.4.orig.tar.gz"
 LUA_SHA256 = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
 LUA_DIR = "lua-5.4.4"
@@ -85,7 +94,8 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
     counts.unlink(missing_ok=True)  # a previous round's daemon wrote its own totals
     env = dict(os.environ)
     env["DPMSFS_LIVE_FUSE"] = "pyfuse3" if side == "pyfuse3" else "kernel"
-    env["DPMSFS_PASSTHROUGH"] = "1" if side == "kernel-pt" else "0"
+    env["DPMSFS_PASSTHROUGH"] = "1" if side.startswith("kernel-pt") else "0"
+    env["DPMSFS_FUSE_IO_URING"] = "on" if side.endswith("-uring") else "off"
     env["DPMSFS_FUSE_REQUEST_COUNTS"] = str(counts)
     log_path = workdir.parent / f"{side}.log"
     cmd = [venv_python(), "-m", "dpmsfs.cli.main", "mount", "--foreground",
@@ -151,13 +161,29 @@ def seq_write(work: Path, size: int) -> float:
 
 
 def seq_read(work: Path, size: int) -> float:
-    start = time.perf_counter()
-    with open(work / "seq.bin", "rb", buffering=0) as f:
-        while f.read(MIB):
-            pass
-    elapsed = time.perf_counter() - start
+    """The median of SEQ_READ_REPEATS warm reads: one read is tens of ms and noisy."""
+    elapsed = []
+    for _ in range(SEQ_READ_REPEATS):
+        start = time.perf_counter()
+        with open(work / "seq.bin", "rb", buffering=0) as f:
+            while f.read(MIB):
+                pass
+        elapsed.append(time.perf_counter() - start)
     os.unlink(work / "seq.bin")
-    return elapsed
+    return statistics.median(elapsed)
+
+
+def transport_of(log_path: Path) -> str | None:
+    """The transport the daemon logged ("FUSE transport io_uring (...)"), if any."""
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return None
+    found = None
+    for line in text.splitlines():
+        if TRANSPORT_MARK in line:
+            found = line.split(TRANSPORT_MARK, 1)[1].strip()
+    return found
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -281,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         args.lua_tarball = str(lua) if lua else None
     times: dict[str, dict[str, list[float]]] = {}
     requests: dict[str, dict[str, dict[str, int]]] = {}
+    transports: dict[str, str | None] = {}
     try:
         for round_index in range(args.rounds):
             order = (
@@ -303,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                             delta = {k: v - before.get(k, 0) for k, v in after.items()
                                      if v - before.get(k, 0)}  # fmt: skip
                             requests.setdefault(name, {})[side] = delta
+                if side.startswith("kernel"):
+                    transports[side] = transport_of(base / side / f"{side}.log")
                 log(f"round {round_index + 1}: {side} done")
     finally:
         subprocess.run(["umount", "-l", *[str(base / s / "work") for s in SIDES]],
@@ -326,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nFUSE requests per workload (last round):")
     print("  (opcode count, microseconds per request in the handler)")
     for row in rows:
-        for side in ("kernel-pt", "kernel", "pyfuse3"):
+        for side in ("kernel-pt", "kernel-pt-uring", "kernel", "pyfuse3"):
             found = row.get(f"{side}_requests")
             if found:
                 counts = {k: v for k, v in found.items() if not k.startswith("us ")}
@@ -334,7 +363,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells = [f"{k} {v} ({found.get(f'us {k}', 0) / v:.0f} us)" for k, v in top]
                 print(f"  {row['workload']:<16} {side:<10} " + ", ".join(cells))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+        result = {"args": vars(args), "rows": rows, "transports": transports}
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    for side, transport in transports.items():
+        print(f"  transport {side}: {transport}")
     return 0
 
 

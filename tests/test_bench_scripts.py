@@ -114,3 +114,7 @@ def test_bench_workloads_quick(tmp_path: Path) -> None:
     datalog = rows["datalog"]
     assert datalog["kernel_requests"].get("WRITE", 0) >= 5_000
     assert datalog["kernel-pt_requests"].get("WRITE", 0) == 0
+    transports = json.loads(out.read_text())["transports"]
+    assert transports["kernel-pt"].startswith("/dev/fuse")
+    if os.path.exists("/sys/module/fuse/parameters/enable_uring"):
+        assert transports["kernel-pt-uring"].startswith("io_uring"), transports

@@ -59,6 +59,12 @@ log = logging.getLogger(__name__)
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# io_uring_enter once per request batch: its own function object with argtypes, so a
+# call converts plain ints in C (cheaper than building ctypes values in Python).
+_enter = _libc["syscall"]
+_enter.restype = ctypes.c_long
+_enter.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint, ctypes.c_uint, ctypes.c_uint,
+                   ctypes.c_void_p, ctypes.c_size_t]  # fmt: skip
 
 SYS_IO_URING_SETUP = 425
 SYS_IO_URING_ENTER = 426
@@ -181,7 +187,7 @@ class Ring:
         # flags; the kernel fills in the rest. COOP_TASKRUN: the kernel need not
         # interrupt this thread to run task work (it only ever waits in
         # io_uring_enter or handles a request it already has).
-        flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN
+        flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | int(os.environ.get("XFLAGS", "256"))
         struct.pack_into("<III", raw, 0, 0, depth * 2, flags)
         params = (ctypes.c_char * len(raw)).from_buffer(raw)
         fd = _syscall(SYS_IO_URING_SETUP, ctypes.c_uint(depth), params)
@@ -283,10 +289,9 @@ class Ring:
             pending = (self._u32(self.sq_tail) - self._u32(self.sq_head)) & 0xFFFFFFFF
             if not pending and not wait:
                 return
-            result = _syscall(
-                SYS_IO_URING_ENTER, ctypes.c_int(self.fd), ctypes.c_uint(pending),
-                ctypes.c_uint(1 if wait else 0),
-                ctypes.c_uint(IORING_ENTER_GETEVENTS if wait else 0), None, ctypes.c_size_t(0),
+            result = _enter(
+                SYS_IO_URING_ENTER, self.fd, pending, 1 if wait else 0,
+                IORING_ENTER_GETEVENTS if wait else 0, None, 0,
             )  # fmt: skip
             if result >= 0:
                 return
