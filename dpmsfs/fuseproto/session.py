@@ -554,7 +554,6 @@ class Session:
             return
         report(qid, None)
         counts = self.requests_per_queue
-        in_header = abi.IN_HEADER
         try:
             pending = early
             while True:
@@ -562,9 +561,7 @@ class Session:
                     entry = ring.entries[index]
                     if res == 0:
                         header, body = ring.request(entry)
-                        _len, opcode, unique, nodeid, uid, gid, pid, _e, _p = in_header.unpack_from(
-                            header
-                        )
+                        _len, opcode, unique, nodeid, uid, gid, pid, _e, _p = header
                         entry.replied = False
                         self._dispatch(
                             entry.send, opcode, Request(unique, nodeid, uid, gid, pid), body

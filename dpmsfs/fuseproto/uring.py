@@ -103,6 +103,9 @@ OP_IN_SIZE = 128
 HEADER_ENT_IN_OUT = 256
 HEADER_SIZE = 288
 ENT_IN_OUT = struct.Struct("<QQII8x")  # flags commit_id payload_sz padding reserved
+COMMIT_AND_SIZE = struct.Struct("<8xQI")  # the two fields of it a request needs
+COMMIT_ID = struct.Struct("<Q")
+U32 = struct.Struct("<I")
 PAYLOAD_SZ_OFFSET = HEADER_ENT_IN_OUT + 16
 
 # Our entry layout in one anonymous mapping: the header at 0, the payload at PAGE; the
@@ -166,6 +169,8 @@ class Entry:
     commit_id: int = 0
     last_command: int = FUSE_IO_URING_CMD_REGISTER
     replied: bool = False
+    # The COMMIT_AND_FETCH SQE of this entry, built once: only the commit id changes.
+    commit_sqe: bytearray = field(default_factory=lambda: bytearray(SQE_SIZE))
     # The session's reply callable for this entry: (unique, -errno or 0, payload).
     send: Callable[[int, int, bytes], None] = field(default=lambda u, e, p: None)
 
@@ -187,7 +192,7 @@ class Ring:
         # flags; the kernel fills in the rest. COOP_TASKRUN: the kernel need not
         # interrupt this thread to run task work (it only ever waits in
         # io_uring_enter or handles a request it already has).
-        flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | int(os.environ.get("XFLAGS", "256"))
+        flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN
         struct.pack_into("<III", raw, 0, 0, depth * 2, flags)
         params = (ctypes.c_char * len(raw)).from_buffer(raw)
         fd = _syscall(SYS_IO_URING_SETUP, ctypes.c_uint(depth), params)
@@ -226,6 +231,9 @@ class Ring:
             struct.pack_into("<I", self.rings, sq_array + 4 * slot, slot & mask)
         self.sq_mask_value = mask
         self.cq_mask_value = struct.unpack_from("<I", self.rings, cq_mask)[0]
+        # We are the only producer: the SQ tail lives here and is published to the ring.
+        self._tail = self._u32(sq_tail)
+        self._unsubmitted = 0
 
     def _make_entry(self, index: int) -> Entry:
         memory = mmap.mmap(-1, PAGE + self.payload_size)
@@ -234,6 +242,11 @@ class Ring:
         iovecs = (ctypes.c_char * IOVEC2.size)()
         IOVEC2.pack_into(iovecs, 0, base, HEADER_SIZE, base + PAGE, self.payload_size)
         entry = Entry(index, memory, memoryview(memory), iovecs)
+        SQE_HEAD.pack_into(
+            entry.commit_sqe, 0, IORING_OP_URING_CMD, 0, 0, self.device_fd,
+            FUSE_IO_URING_CMD_COMMIT_AND_FETCH, 0, 0, 0, 0, index,
+        )  # fmt: skip
+        CMD_REQ.pack_into(entry.commit_sqe, CMD_OFFSET, 0, 0, self.qid)
 
         def send(unique: int, error: int, payload: bytes) -> None:
             self.reply(entry, unique, error, payload)
@@ -248,7 +261,7 @@ class Ring:
 
     def _queue(self, entry: Entry, command: int, payload_size: int | None = None) -> None:
         """Fill the next SQE for `entry` and publish it (tail store last: TSO)."""
-        tail = self._u32(self.sq_tail)
+        tail = self._tail
         slot = tail & self.sq_mask_value
         offset = slot * SQE_SIZE
         sqe = self.sqes
@@ -266,7 +279,12 @@ class Ring:
         )  # fmt: skip
         CMD_REQ.pack_into(sqe, offset + CMD_OFFSET, 0, entry.commit_id, self.qid)
         entry.last_command = command
-        struct.pack_into("<I", self.rings, self.sq_tail, (tail + 1) & 0xFFFFFFFF)
+        self._publish(tail)
+
+    def _publish(self, tail: int) -> None:
+        self._tail = (tail + 1) & 0xFFFFFFFF
+        self._unsubmitted += 1
+        U32.pack_into(self.rings, self.sq_tail, self._tail)
 
     def register_all(self, payload_size: int | None = None) -> None:
         for entry in self.entries:
@@ -274,7 +292,14 @@ class Ring:
             self._queue(entry, FUSE_IO_URING_CMD_REGISTER, payload_size)
 
     def commit(self, entry: Entry) -> None:
-        self._queue(entry, FUSE_IO_URING_CMD_COMMIT_AND_FETCH)
+        """Queue the entry's COMMIT_AND_FETCH (the reply is in its buffers)."""
+        template = entry.commit_sqe
+        COMMIT_ID.pack_into(template, CMD_OFFSET + 8, entry.commit_id)
+        tail = self._tail
+        offset = (tail & self.sq_mask_value) * SQE_SIZE
+        self.sqes[offset : offset + SQE_SIZE] = template
+        entry.last_command = FUSE_IO_URING_CMD_COMMIT_AND_FETCH
+        self._publish(tail)
 
     def resubmit(self, entry: Entry) -> None:
         self._queue(entry, entry.last_command)
@@ -286,7 +311,7 @@ class Ring:
     def enter(self, wait: bool) -> None:
         """Submit what is queued; with `wait`, sleep until at least one completion."""
         while True:
-            pending = (self._u32(self.sq_tail) - self._u32(self.sq_head)) & 0xFFFFFFFF
+            pending = self._unsubmitted
             if not pending and not wait:
                 return
             result = _enter(
@@ -294,6 +319,7 @@ class Ring:
                 IORING_ENTER_GETEVENTS if wait else 0, None, 0,
             )  # fmt: skip
             if result >= 0:
+                self._unsubmitted = max(0, pending - result)
                 return
             err = ctypes.get_errno()
             if err in (errno.EINTR, errno.EAGAIN, errno.EBUSY):
@@ -321,18 +347,17 @@ class Ring:
         return done
 
     # --- one request -----------------------------------------------------------------
-    def request(self, entry: Entry) -> tuple[memoryview, memoryview]:
-        """The request in `entry`: its fuse_in_header bytes and its body (the opcode
+    def request(self, entry: Entry) -> tuple[tuple[int, ...], memoryview]:
+        """The request in `entry`: its fuse_in_header fields and its body (the opcode
         header followed by the payload, contiguous)."""
         view = entry.view
-        _flags, commit_id, payload_size = ENT_IN_OUT.unpack_from(view, HEADER_ENT_IN_OUT)[:3]
-        entry.commit_id = commit_id
-        length = struct.unpack_from("<I", view, HEADER_IN_OUT)[0]
-        op_size = max(0, min(OP_IN_SIZE, length - 40 - payload_size))
+        entry.commit_id, payload_size = COMMIT_AND_SIZE.unpack_from(view, HEADER_ENT_IN_OUT)
+        header = abi.IN_HEADER.unpack_from(view, HEADER_IN_OUT)
+        op_size = max(0, min(OP_IN_SIZE, header[0] - abi.IN_HEADER.size - payload_size))
         start = PAGE - op_size
         if op_size:
             view[start:PAGE] = view[HEADER_OP_IN : HEADER_OP_IN + op_size]
-        return view[HEADER_IN_OUT : HEADER_IN_OUT + 40], view[start : PAGE + payload_size]
+        return header, view[start : PAGE + payload_size]
 
     def reply(self, entry: Entry, unique: int, error: int, payload: bytes) -> None:
         """Write the answer into the entry's buffers (the commit SQE follows)."""
