@@ -281,7 +281,7 @@ def _grep(work: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="/var/tmp", help="where the work directories go")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="default 3 (2 with --quick)")
     parser.add_argument("--records", type=int, default=20_000, help="datalog appends")
     parser.add_argument("--seq-mb", type=int, default=256)
     parser.add_argument("--tree-mb", type=int, default=1000, help="mkdataset size for pgm/")
@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.records, args.seq_mb, args.tree_mb = 2, 5_000, 32, 300
+        args.records, args.seq_mb, args.tree_mb = 5_000, 32, 300
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
     if "native" not in args.sides:
         args.sides.insert(0, "native")
     base = Path(tempfile.mkdtemp(prefix="dpmsfs-workloads-", dir=args.base))
