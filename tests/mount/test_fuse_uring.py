@@ -11,11 +11,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dpmsfs import mountinfo
 from dpmsfs.fuseproto import kernel, uring
 from dpmsfs.fuseproto.session import TRANSPORT_DEV, TRANSPORT_URING, Session
 from tests.mount.conftest import (
@@ -161,4 +163,51 @@ def test_daemon_falls_back_when_the_kernel_refuses_the_rings(
         assert "kernel refused registration" in fuse["transport_reason"]
         assert mount.log().count("WARNING") >= 1 and "serving on /dev/fuse" in mount.log()
     finally:
+        mount.stop()
+
+
+@pytest.mark.skipif(ON_PYFUSE3, reason="the kernel-protocol layer only")
+def test_kill9_with_the_rings_active_fails_open(workdir: Path, store_dir: Path) -> None:
+    """kill -9 of the daemon while callers on every CPU have requests on the rings:
+    no caller hangs (ENOTCONN, or the real directory once the watchdog detached the
+    mount), and the real directory shows again."""
+    (workdir / "real.txt").write_bytes(b"on the disk\n")
+    mount = CliMount(workdir, "--store", str(store_dir))
+    stop = threading.Event()
+    seen: list[set[str]] = []
+    try:
+        fuse = json.loads(
+            run_cli("status", str(workdir), "--store", str(store_dir), "--json").stdout
+        )["fuse"]
+        assert fuse["transport"] == "io_uring", fuse.get("transport_reason")
+        cpus = sorted(os.sched_getaffinity(0))
+
+        def hammer(cpu: int) -> None:
+            os.sched_setaffinity(0, {cpu})
+            outcomes: set[str] = set()
+            while not stop.is_set():
+                try:  # GETXATTR is never cached: every call is a request
+                    os.getxattr(workdir / "real.txt", "user.none")
+                except OSError as exc:
+                    outcomes.add(errno.errorcode.get(exc.errno or 0, str(exc)))
+            seen.append(outcomes)
+
+        threads = [threading.Thread(target=hammer, args=(c,), daemon=True) for c in cpus]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)  # the callers are in their loops, requests on both rings
+        mount.proc.kill()
+        mount.proc.wait(10)
+        wait_for(lambda: not mountinfo.is_dpmsfs_mount(workdir), timeout=15,
+                 what="fail-open after kill -9")  # fmt: skip
+        assert (workdir / "real.txt").read_bytes() == b"on the disk\n"
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive(), "a caller hung on a request of the dead daemon"
+        assert len(seen) == len(cpus)
+        for outcomes in seen:
+            assert outcomes <= {"ENODATA", "ENOTCONN", "ECONNABORTED"}, outcomes
+    finally:
+        stop.set()
         mount.stop()
