@@ -26,8 +26,8 @@ median over rounds of the per-round ratio side / native. FUSE requests per workl
 and the microseconds spent handling them come from the daemon's request counter
 (DPMSFS_FUSE_REQUEST_COUNTS; the kernel layer's session and, on pyfuse3, a counting
 wrapper around the Operations, both off unless that variable is set). The transport
-each kernel-layer side really ran on (the daemon logs it once: "FUSE transport ...")
-goes into the JSON under "transports". The C build is
+each kernel-layer side really ran on (from `dpmsfs status --json` of the running
+daemon) goes into the JSON under "transports". The C build is
 `make -j2 linux` of Lua 5.4.4 (Debian's orig tarball, sha256-checked, cached under
 /var/cache/dpmsfs-bench, extracted fresh each round); a run that cannot download it
 says so and goes on without it.
@@ -59,7 +59,6 @@ MIB = 1 << 20
 MOUNT_TIMEOUT = 30.0
 SIDES = ("native", "kernel-pt", "kernel-pt-uring", "kernel", "pyfuse3")
 SEQ_READ_REPEATS = 5
-TRANSPORT_MARK = "FUSE transport "
 LUA_URL = "https://deb.debian.org/debian/pool/main/l/lua5.4/lua5.4_5.4.4.orig.tar.gz"
 LUA_SHA256 = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
 LUA_DIR = "lua-5.4.4"
@@ -86,10 +85,11 @@ def is_dpmsfs_mount(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[None]:
-    """The side's mount over `workdir` (nothing for native); always unmounted after."""
+def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[str | None]:
+    """The side's mount over `workdir` (nothing for native); always unmounted after.
+    Yields the FUSE transport the daemon reports (`dpmsfs status`), None for native."""
     if side == "native":
-        yield
+        yield None
         return
     counts.unlink(missing_ok=True)  # a previous round's daemon wrote its own totals
     env = dict(os.environ)
@@ -112,7 +112,7 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not counts.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the counter's first write: a baseline for workload 1
-        yield
+        yield transport_of(workdir, store)
     finally:
         proc.terminate()
         try:
@@ -173,17 +173,20 @@ def seq_read(work: Path, size: int) -> float:
     return statistics.median(elapsed)
 
 
-def transport_of(log_path: Path) -> str | None:
-    """The transport the daemon logged ("FUSE transport io_uring (...)"), if any."""
+def transport_of(workdir: Path, store: Path) -> str | None:
+    """The transport the running daemon reports, with its reason ("io_uring (2 queues,
+    one per CPU)"); None for pyfuse3 or when status cannot tell."""
+    result = subprocess.run(
+        [venv_python(), "-m", "dpmsfs.cli.main", "status", str(workdir), "--store", str(store),
+         "--json"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
     try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
+        fuse = json.loads(result.stdout).get("fuse") or {}
+    except ValueError:
         return None
-    found = None
-    for line in text.splitlines():
-        if TRANSPORT_MARK in line:
-            found = line.split(TRANSPORT_MARK, 1)[1].strip()
-    return found
+    if not fuse.get("transport"):
+        return None
+    return f"{fuse['transport']} ({fuse.get('transport_reason', '')})"
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -321,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                 store = base / side / "store"
                 work.mkdir(parents=True, exist_ok=True)
                 counts = base / side / "counts.json"
-                with mounted(side, work, store, counts):
+                with mounted(side, work, store, counts) as transport:
+                    if transport is not None:
+                        transports[side] = transport
                     for name, run in workloads(args, tarball):
                         before = read_counts(counts)
                         elapsed = run(work)
@@ -332,8 +337,6 @@ def main(argv: list[str] | None = None) -> int:
                             delta = {k: v - before.get(k, 0) for k, v in after.items()
                                      if v - before.get(k, 0)}  # fmt: skip
                             requests.setdefault(name, {})[side] = delta
-                if side.startswith("kernel"):
-                    transports[side] = transport_of(base / side / f"{side}.log")
                 log(f"round {round_index + 1}: {side} done")
     finally:
         subprocess.run(["umount", "-l", *[str(base / s / "work") for s in SIDES]],
