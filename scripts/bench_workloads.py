@@ -345,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, per_side in times.items():
         row: dict[str, Any] = {"workload": name, "native_s": statistics.median(per_side["native"])}
+        row["native_rounds_s"] = per_side["native"]
         for side in args.sides[1:]:
             ratios = [s / n for s, n in zip(per_side[side], per_side["native"], strict=True)]
             row[f"{side}_s"] = statistics.median(per_side[side])
+            row[f"{side}_rounds_s"] = per_side[side]
             row[f"{side}_ratio"] = statistics.median(ratios)
             row[f"{side}_requests"] = requests.get(name, {}).get(side)
         rows.append(row)
