@@ -574,13 +574,15 @@ class Session:
                         ring.resubmit(entry)
                     elif -res in uring.ENDED:
                         return  # unmounted or aborted: the normal end
-                    else:
+                    elif entry.last_command == uring.FUSE_IO_URING_CMD_COMMIT_AND_FETCH:
                         # The kernel dropped this entry (e.g. a commit it no longer
                         # knew): register it afresh so the queue keeps its depth.
                         log.warning("fuse-ring-%d: entry %d: %s; registering it again",
                                     qid, index, os.strerror(-res))  # fmt: skip
-                        entry.commit_id = 0
                         ring.resubmit_register(entry)
+                    else:  # a fresh registration refused: no retry loop
+                        log.error("fuse-ring-%d: entry %d: registering again failed: %s",
+                                  qid, index, os.strerror(-res))  # fmt: skip
                 ring.enter(wait=True)
                 pending = ring.completions()
         except BaseException as exc:  # a broken session must be seen, not hang
