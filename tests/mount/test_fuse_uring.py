@@ -167,10 +167,13 @@ def test_daemon_falls_back_when_the_kernel_refuses_the_rings(
 
 
 @pytest.mark.skipif(ON_PYFUSE3, reason="the kernel-protocol layer only")
-def test_kill9_with_the_rings_active_fails_open(workdir: Path, store_dir: Path) -> None:
+def test_kill9_with_the_rings_active_fails_open(
+    workdir: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """kill -9 of the daemon while callers on every CPU have requests on the rings:
     no caller hangs (ENOTCONN, or the real directory once the watchdog detached the
     mount), and the real directory shows again."""
+    monkeypatch.setenv("DPMSFS_FUSE_IO_URING", "on")  # also in CI's /dev/fuse pass
     (workdir / "real.txt").write_bytes(b"on the disk\n")
     mount = CliMount(workdir, "--store", str(store_dir))
     stop = threading.Event()
