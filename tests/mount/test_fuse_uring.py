@@ -210,7 +210,9 @@ def test_kill9_with_the_rings_active_fails_open(
             assert not thread.is_alive(), "a caller hung on a request of the dead daemon"
         assert len(seen) == len(cpus)
         for outcomes in seen:
-            assert outcomes <= {"ENODATA", "ENOTCONN", "ECONNABORTED"}, outcomes
+            # ECANCELED: a request the kernel was handing to the dying ring thread
+            # (fs/fuse/dev_uring.c, the task is dead); an error, never a hang.
+            assert outcomes <= {"ENODATA", "ENOTCONN", "ECONNABORTED", "ECANCELED"}, outcomes
     finally:
         stop.set()
         mount.stop()
