@@ -63,6 +63,17 @@ def test_bench_prune_help() -> None:
 BENCH_WORKLOADS = REPO / "scripts" / "bench_workloads.py"
 
 
+def test_bench_fuse_requests_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_fuse_requests.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--calls" in result.stdout and "--rounds" in result.stdout
+
+
 def test_bench_workloads_help() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH_WORKLOADS), "--help"],
