@@ -52,6 +52,9 @@ KILL_AFTER_MOUNT_ENV = "DPMSFS_TEST_KILL_AFTER_MOUNT"
 # Tests only: "setup" or "register" makes FUSE over io_uring fail at that step (the
 # fallback to /dev/fuse must follow, never a failed mount).
 URING_FAULT_ENV = "DPMSFS_TEST_URING_FAULT"
+# Benchmarks only, experimental: "1" runs the io_uring ring threads as SCHED_IDLE
+# (fuseproto/session.py says why; docs/design.md the risk).
+RING_SCHED_IDLE_ENV = "DPMSFS_FUSE_RING_SCHED_IDLE"
 
 
 def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
@@ -143,6 +146,7 @@ def serve(
         workers=WORKERS,
         io_uring=options.fuse_io_uring,
         uring_fault=os.environ.get(URING_FAULT_ENV) or None,
+        ring_sched_idle=os.environ.get(RING_SCHED_IDLE_ENV) == "1",
     )
     ops.attach(session.backing_open, session.backing_close)
     # Started before mount(2): no instant at which a dead daemon leaves a dead mount.

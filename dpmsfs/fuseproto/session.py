@@ -251,6 +251,7 @@ class Session:
         flags: int = kernel.MS_RELATIME,
         io_uring: str = "auto",
         uring_fault: str | None = None,
+        ring_sched_idle: bool = False,
     ) -> None:
         self.operations = operations
         self.mount_point = mount_point
@@ -275,6 +276,11 @@ class Session:
         # Tests only: "setup" fails creating the rings, "register" makes the kernel
         # refuse one queue's registration (a payload buffer that is too small).
         self._uring_fault = uring_fault
+        # Experimental, off by default: the ring threads as SCHED_IDLE, so that the
+        # scheduler sees a ring thread's CPU as idle when it wakes the caller with the
+        # reply and keeps the caller there (docs/design.md: the measured gain for
+        # unpinned callers, and the starvation risk when that CPU is busy).
+        self._ring_sched_idle = ring_sched_idle
         self._rings: list[uring.Ring] = []
         self.transport = TRANSPORT_DEV
         self.transport_reason = "not decided yet"
@@ -507,6 +513,8 @@ class Session:
         if not failures:
             self.transport = TRANSPORT_URING
             self.transport_reason = f"{len(self._rings)} queues, one per CPU"
+            if self._ring_sched_idle:
+                self.transport_reason += ", ring threads SCHED_IDLE"
             return True
         if not any("refused" in failure for failure in failures):
             self._reset_to_device()
@@ -540,6 +548,11 @@ class Session:
                 os.sched_setaffinity(0, {qid})
             except OSError as exc:  # an offline CPU: serve unpinned, still correct
                 log.warning("fuse-ring-%d: cannot pin to CPU %d: %s", qid, qid, exc.strerror)
+            if self._ring_sched_idle:
+                try:
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                except OSError as exc:
+                    log.warning("fuse-ring-%d: cannot set SCHED_IDLE: %s", qid, exc.strerror)
             short = self._uring_fault == "register" and qid == self._rings[-1].qid
             ring.register_all(payload_size=uring.PAGE if short else None)
             ring.enter(wait=False)

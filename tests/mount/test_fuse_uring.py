@@ -47,12 +47,14 @@ def base() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def mounted(base: Path, io_uring: str = "on", fault: str | None = None) -> tuple[TinyFs, Session]:
+def mounted(
+    base: Path, io_uring: str = "on", fault: str | None = None, sched_idle: bool = False
+) -> tuple[TinyFs, Session]:
     fs = TinyFs(base / "backing")
     session = Session(
         fs, str(base / "mnt"), fsname="tiny", subtype="dpmsfs-prototest",
         options=["default_permissions", "allow_other"], passthrough=False, workers=3,
-        io_uring=io_uring, uring_fault=fault,
+        io_uring=io_uring, uring_fault=fault, ring_sched_idle=sched_idle,
     )  # fmt: skip
     fs.session = session
     session.mount()
@@ -90,6 +92,22 @@ def test_a_request_from_each_cpu_is_served_on_that_cpu(base: Path) -> None:
         wait_for(lambda: fs.forgotten.get(DATA_INO, 0) >= 1, what="FORGET of the file")
     finally:
         os.sched_setaffinity(0, pinned)
+        end(session)
+
+
+def test_ring_threads_as_sched_idle_on_request(base: Path) -> None:
+    """The experimental knob: the ring threads run SCHED_IDLE and still serve."""
+    _fs, session = mounted(base, sched_idle=True)
+    try:
+        assert session.transport == TRANSPORT_URING, session.transport_reason
+        assert "SCHED_IDLE" in session.transport_reason
+        assert (base / "mnt" / "data").read_bytes() == CONTENT
+        rings = [t for t in threading.enumerate() if t.name.startswith("fuse-ring-")]
+        assert rings and all(
+            t.native_id is not None and os.sched_getscheduler(t.native_id) == os.SCHED_IDLE
+            for t in rings
+        )
+    finally:
         end(session)
 
 
