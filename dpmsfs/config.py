@@ -89,6 +89,12 @@ class Config:
             os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
         )
     )
+    # The kernel layer's transport: FUSE over io_uring ("auto": when the kernel has it,
+    # "on": the same but warn when it cannot be had, "off": /dev/fuse only).
+    # DPMSFS_FUSE_IO_URING overrides the default (the test matrix runs both).
+    fuse_io_uring: str = field(
+        default_factory=lambda: os.environ.get("DPMSFS_FUSE_IO_URING", "auto").lower()
+    )
     open_writer_recapture_seconds: float = 120.0  # a file held open for writing, re-captured
 
     @property
@@ -177,6 +183,9 @@ class Exclusions:
         return any(match(name) is not None for name in os.fsdecode(path).split("/"))
 
 
+FUSE_IO_URING_MODES = ("auto", "on", "off")
+
+
 def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Config:
     """Read `config_file` (if given, or /etc/dpmsfs/<name>.toml if present), apply overrides."""
     values: dict[str, Any] = {}
@@ -222,6 +231,10 @@ def load(workdir: Path, config_file: Path | None = None, **overrides: Any) -> Co
         parse_listen(config.metrics_listen)
     if config.live_fuse not in ("kernel", "pyfuse3"):
         raise UsageError(f'live_fuse must be "kernel" or "pyfuse3", not {config.live_fuse!r}')
+    if config.fuse_io_uring not in FUSE_IO_URING_MODES:
+        raise UsageError(
+            f'fuse_io_uring must be "auto", "on" or "off", not {config.fuse_io_uring!r}'
+        )
     return config
 
 

@@ -150,6 +150,7 @@ def run(config: Config, capture: bool = True, clock: Clock = SYSTEM_CLOCK) -> No
         fd_budget=config.fd_budget,
         live_fuse=config.live_fuse,
         passthrough=config.passthrough,
+        fuse_io_uring=config.fuse_io_uring,
         open_writer_recapture_seconds=config.open_writer_recapture_seconds,
     )
     live: dict[str, Any] = {"layer": config.live_fuse}

@@ -5,13 +5,18 @@ Sides, all on real disk (a directory under --base, default /var/tmp), with captu
 on a tool (`dpmsfs mount --foreground --store ...`):
 
 * native: the bare directory;
-* kernel-pt: the live mount on our own FUSE layer with FUSE passthrough;
-* kernel: the same layer without passthrough (READ/WRITE served by the daemon, as on a
-  kernel older than 6.9);
+* kernel-pt: the live mount on our own FUSE layer with FUSE passthrough, requests on
+  the classic /dev/fuse workers (DPMSFS_FUSE_IO_URING=off);
+* kernel-pt-uring: the same with FUSE over io_uring (one ring and thread per CPU: a
+  request is served on the CPU that asked; fuse_io_uring = on);
+* kernel: the layer without passthrough, on /dev/fuse (READ/WRITE served by the
+  daemon, as on a kernel older than 6.9);
 * pyfuse3: the previous live path (DPMSFS_LIVE_FUSE=pyfuse3).
 
 Workloads: the datalog writer (20,000 unbuffered 256-byte appends, fsync every 1,000),
-a sequential write (with fsync) and a warm sequential read of it, `tar x` of a source
+a sequential write (with fsync) and a warm sequential read of it (tens of ms and
+noisy: read SEQ_READ_REPEATS times per round, the round's figure is their median),
+`tar x` of a source
 tree from mkdataset's pgm/ (no *.atp), `grep -r` over it (page cache warm), `rm -rf`
 of it, and `make -j2` of a C project (Lua by default, or --make-src: a directory
 with a Makefile, copied in fresh each round).
@@ -20,7 +25,9 @@ Sides are interleaved in rounds (the order rotates); each workload's figure is t
 median over rounds of the per-round ratio side / native. FUSE requests per workload
 and the microseconds spent handling them come from the daemon's request counter
 (DPMSFS_FUSE_REQUEST_COUNTS; the kernel layer's session and, on pyfuse3, a counting
-wrapper around the Operations, both off unless that variable is set). The C build is
+wrapper around the Operations, both off unless that variable is set). The transport
+each kernel-layer side really ran on (from `dpmsfs status --json` of the running
+daemon) goes into the JSON under "transports". The C build is
 `make -j2 linux` of Lua 5.4.4 (Debian's orig tarball, sha256-checked, cached under
 /var/cache/dpmsfs-bench, extracted fresh each round); a run that cannot download it
 says so and goes on without it.
@@ -50,7 +57,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
 MOUNT_TIMEOUT = 30.0
-SIDES = ("native", "kernel-pt", "kernel", "pyfuse3")
+SIDES = ("native", "kernel-pt", "kernel-pt-uring", "kernel", "pyfuse3")
+SEQ_READ_REPEATS = 5
 LUA_URL = "https://deb.debian.org/debian/pool/main/l/lua5.4/lua5.4_5.4.4.orig.tar.gz"
 LUA_SHA256 = "164c7849653b80ae67bec4b7473b884bf5cc8d2dca05653475ec2ed27b9ebf61"
 LUA_DIR = "lua-5.4.4"
@@ -77,15 +85,17 @@ def is_dpmsfs_mount(path: Path) -> bool:
 
 
 @contextlib.contextmanager
-def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[None]:
-    """The side's mount over `workdir` (nothing for native); always unmounted after."""
+def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[str | None]:
+    """The side's mount over `workdir` (nothing for native); always unmounted after.
+    Yields the FUSE transport the daemon reports (`dpmsfs status`), None for native."""
     if side == "native":
-        yield
+        yield None
         return
     counts.unlink(missing_ok=True)  # a previous round's daemon wrote its own totals
     env = dict(os.environ)
     env["DPMSFS_LIVE_FUSE"] = "pyfuse3" if side == "pyfuse3" else "kernel"
-    env["DPMSFS_PASSTHROUGH"] = "1" if side == "kernel-pt" else "0"
+    env["DPMSFS_PASSTHROUGH"] = "1" if side.startswith("kernel-pt") else "0"
+    env["DPMSFS_FUSE_IO_URING"] = "on" if side.endswith("-uring") else "off"
     env["DPMSFS_FUSE_REQUEST_COUNTS"] = str(counts)
     log_path = workdir.parent / f"{side}.log"
     cmd = [venv_python(), "-m", "dpmsfs.cli.main", "mount", "--foreground",
@@ -102,7 +112,7 @@ def mounted(side: str, workdir: Path, store: Path, counts: Path) -> Iterator[Non
             deadline = time.monotonic() + MOUNT_TIMEOUT
             while not counts.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)  # the counter's first write: a baseline for workload 1
-        yield
+        yield transport_of(workdir, store)
     finally:
         proc.terminate()
         try:
@@ -151,13 +161,32 @@ def seq_write(work: Path, size: int) -> float:
 
 
 def seq_read(work: Path, size: int) -> float:
-    start = time.perf_counter()
-    with open(work / "seq.bin", "rb", buffering=0) as f:
-        while f.read(MIB):
-            pass
-    elapsed = time.perf_counter() - start
+    """The median of SEQ_READ_REPEATS warm reads: one read is tens of ms and noisy."""
+    elapsed = []
+    for _ in range(SEQ_READ_REPEATS):
+        start = time.perf_counter()
+        with open(work / "seq.bin", "rb", buffering=0) as f:
+            while f.read(MIB):
+                pass
+        elapsed.append(time.perf_counter() - start)
     os.unlink(work / "seq.bin")
-    return elapsed
+    return statistics.median(elapsed)
+
+
+def transport_of(workdir: Path, store: Path) -> str | None:
+    """The transport the running daemon reports, with its reason ("io_uring (2 queues,
+    one per CPU)"); None for pyfuse3 or when status cannot tell."""
+    result = subprocess.run(
+        [venv_python(), "-m", "dpmsfs.cli.main", "status", str(workdir), "--store", str(store),
+         "--json"], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        fuse = json.loads(result.stdout).get("fuse") or {}
+    except ValueError:
+        return None
+    if not fuse.get("transport"):
+        return None
+    return f"{fuse['transport']} ({fuse.get('transport_reason', '')})"
 
 
 def timed(cmd: list[str], cwd: Path) -> float:
@@ -255,7 +284,7 @@ def _grep(work: Path) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="/var/tmp", help="where the work directories go")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, help="default 3 (2 with --quick)")
     parser.add_argument("--records", type=int, default=20_000, help="datalog appends")
     parser.add_argument("--seq-mb", type=int, default=256)
     parser.add_argument("--tree-mb", type=int, default=1000, help="mkdataset size for pgm/")
@@ -268,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.records, args.seq_mb, args.tree_mb = 2, 5_000, 32, 300
+        args.records, args.seq_mb, args.tree_mb = 5_000, 32, 300
+    if args.rounds is None:
+        args.rounds = 2 if args.quick else 3
     if "native" not in args.sides:
         args.sides.insert(0, "native")
     base = Path(tempfile.mkdtemp(prefix="dpmsfs-workloads-", dir=args.base))
@@ -281,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         args.lua_tarball = str(lua) if lua else None
     times: dict[str, dict[str, list[float]]] = {}
     requests: dict[str, dict[str, dict[str, int]]] = {}
+    transports: dict[str, str | None] = {}
     try:
         for round_index in range(args.rounds):
             order = (
@@ -292,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
                 store = base / side / "store"
                 work.mkdir(parents=True, exist_ok=True)
                 counts = base / side / "counts.json"
-                with mounted(side, work, store, counts):
+                with mounted(side, work, store, counts) as transport:
+                    if transport is not None:
+                        transports[side] = transport
                     for name, run in workloads(args, tarball):
                         before = read_counts(counts)
                         elapsed = run(work)
@@ -311,9 +345,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, per_side in times.items():
         row: dict[str, Any] = {"workload": name, "native_s": statistics.median(per_side["native"])}
+        row["native_rounds_s"] = per_side["native"]
         for side in args.sides[1:]:
             ratios = [s / n for s, n in zip(per_side[side], per_side["native"], strict=True)]
             row[f"{side}_s"] = statistics.median(per_side[side])
+            row[f"{side}_rounds_s"] = per_side[side]
             row[f"{side}_ratio"] = statistics.median(ratios)
             row[f"{side}_requests"] = requests.get(name, {}).get(side)
         rows.append(row)
@@ -326,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\nFUSE requests per workload (last round):")
     print("  (opcode count, microseconds per request in the handler)")
     for row in rows:
-        for side in ("kernel-pt", "kernel", "pyfuse3"):
+        for side in ("kernel-pt", "kernel-pt-uring", "kernel", "pyfuse3"):
             found = row.get(f"{side}_requests")
             if found:
                 counts = {k: v for k, v in found.items() if not k.startswith("us ")}
@@ -334,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
                 cells = [f"{k} {v} ({found.get(f'us {k}', 0) / v:.0f} us)" for k, v in top]
                 print(f"  {row['workload']:<16} {side:<10} " + ", ".join(cells))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+        result = {"args": vars(args), "rows": rows, "transports": transports}
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    for side, transport in transports.items():
+        print(f"  transport {side}: {transport}")
     return 0
 
 

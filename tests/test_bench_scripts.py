@@ -63,6 +63,17 @@ def test_bench_prune_help() -> None:
 BENCH_WORKLOADS = REPO / "scripts" / "bench_workloads.py"
 
 
+def test_bench_fuse_requests_help() -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_fuse_requests.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--calls" in result.stdout and "--rounds" in result.stdout
+
+
 def test_bench_workloads_help() -> None:
     result = subprocess.run(
         [sys.executable, str(BENCH_WORKLOADS), "--help"],
@@ -114,3 +125,7 @@ def test_bench_workloads_quick(tmp_path: Path) -> None:
     datalog = rows["datalog"]
     assert datalog["kernel_requests"].get("WRITE", 0) >= 5_000
     assert datalog["kernel-pt_requests"].get("WRITE", 0) == 0
+    transports = json.loads(out.read_text())["transports"]
+    assert transports["kernel-pt"].startswith("/dev/fuse")
+    if os.path.exists("/sys/module/fuse/parameters/enable_uring"):
+        assert transports["kernel-pt-uring"].startswith("io_uring"), transports

@@ -328,6 +328,8 @@ def _fuse_line(fuse: dict[str, Any]) -> str:
         parts.append(f"protocol {fuse['protocol']}")
     parts.append(f"passthrough {'on' if fuse.get('passthrough') else 'off'}")
     parts.append(f"killpriv_v2 {'on' if fuse.get('killpriv_v2') else 'off'}")
+    if fuse.get("transport"):
+        parts.append(f"transport {fuse['transport']}")
     return ", ".join(parts)
 
 

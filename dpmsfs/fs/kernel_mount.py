@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from dpmsfs.browse.vfs import SnapshotTree
-from dpmsfs.errors import UnavailableError
+from dpmsfs.errors import UnavailableError, UsageError
 from dpmsfs.fs import old_writers, watchdog
 from dpmsfs.fs.changes import ChangeKind, ChangeSink, NullSink
 from dpmsfs.fs.kernel_ops import KernelPassthroughOperations
-from dpmsfs.fuseproto.session import Session
+from dpmsfs.fuseproto.session import IO_URING_MODES, Session
 
 if TYPE_CHECKING:
     from dpmsfs.fs.mount import MountOptions
@@ -49,6 +49,12 @@ REQUEST_COUNTS_ENV = "DPMSFS_FUSE_REQUEST_COUNTS"
 # Tests only: SIGKILL the daemon right after mount(2) and INIT, before it told the
 # fail-open watchdog which mount is its own (the window the watchdog must cover).
 KILL_AFTER_MOUNT_ENV = "DPMSFS_TEST_KILL_AFTER_MOUNT"
+# Tests only: "setup" or "register" makes FUSE over io_uring fail at that step (the
+# fallback to /dev/fuse must follow, never a failed mount).
+URING_FAULT_ENV = "DPMSFS_TEST_URING_FAULT"
+# Benchmarks only, experimental: "1" runs the io_uring ring threads as SCHED_IDLE
+# (fuseproto/session.py says why; docs/design.md the risk).
+RING_SCHED_IDLE_ENV = "DPMSFS_FUSE_RING_SCHED_IDLE"
 
 
 def fuse_options(workdir: str, fuse_debug: bool) -> list[str]:
@@ -72,6 +78,8 @@ class LiveMount:
         if self.session.negotiated is not None:
             report.update(self.session.negotiated.as_dict())
             report["passthrough"] = self.operations.passthrough
+        report["transport"] = self.session.transport
+        report["transport_reason"] = self.session.transport_reason
         return report
 
 
@@ -114,6 +122,11 @@ def serve(
     from dpmsfs.fs.mount import check_fuse_available, check_workdir, run_session
 
     workdir = check_workdir(options.workdir)
+    if options.fuse_io_uring not in IO_URING_MODES:
+        raise UsageError(
+            f"fuse_io_uring must be one of {', '.join(IO_URING_MODES)},"
+            f" not {options.fuse_io_uring!r}"
+        )
     check_fuse_available()
     os.umask(0)  # modes come from the caller (the kernel applied the caller's umask)
     if handle_signals:
@@ -131,6 +144,9 @@ def serve(
         options=fuse_options(str(workdir), options.fuse_debug),
         passthrough=options.passthrough,
         workers=WORKERS,
+        io_uring=options.fuse_io_uring,
+        uring_fault=os.environ.get(URING_FAULT_ENV) or None,
+        ring_sched_idle=os.environ.get(RING_SCHED_IDLE_ENV) == "1",
     )
     ops.attach(session.backing_open, session.backing_close)
     # Started before mount(2): no instant at which a dead daemon leaves a dead mount.

@@ -49,6 +49,11 @@ def _env_live_fuse() -> str:
     return os.environ.get("DPMSFS_LIVE_FUSE", "kernel")
 
 
+def _env_fuse_io_uring() -> str:
+    """auto|on|off; DPMSFS_FUSE_IO_URING overrides (the test matrix, benchmarks)."""
+    return os.environ.get("DPMSFS_FUSE_IO_URING", "auto").lower()
+
+
 def _env_passthrough() -> bool:
     return os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
 
@@ -62,6 +67,7 @@ class MountOptions:
     # previous live path, kept selectable during the transition.
     live_fuse: str = field(default_factory=_env_live_fuse)
     passthrough: bool = field(default_factory=_env_passthrough)  # kernel layer only
+    fuse_io_uring: str = field(default_factory=_env_fuse_io_uring)  # kernel layer only
     open_writer_recapture_seconds: float = 120.0
 
 

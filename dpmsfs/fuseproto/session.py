@@ -9,6 +9,14 @@ request never takes the mount down. A handler returning None sends no reply (FOR
 INTERRUPT is read and dropped: every handler of ours finishes promptly (the kernel then
 waits for the ordinary reply, as the protocol allows). The session ends when the
 kernel answers a read with ENODEV: unmounted, or the connection aborted.
+
+Two transports share that dispatch (`_handle`, one reply callable per transport):
+the /dev/fuse workers above, and FUSE over io_uring (uring.py: one ring and one
+thread pinned per CPU, so a request is served on the CPU that asked). io_uring is
+used when the kernel offers it and every queue registers; any failure on the way
+falls back to the /dev/fuse workers with one warning, never a failed mount. With the
+rings active one /dev/fuse worker stays for what the kernel still sends there
+(FORGET, INTERRUPT).
 """
 
 from __future__ import annotations
@@ -21,10 +29,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dpmsfs.fuseproto import abi, kernel
+from dpmsfs.fuseproto import abi, kernel, uring
 from dpmsfs.fuseproto.abi import InitFlag, Opcode
 
 log = logging.getLogger(__name__)
+
+IO_URING_MODES = ("auto", "on", "off")
+URING_DEPTH = 4  # entries per CPU queue: each is a header page and a MAX_WRITE payload
+URING_REGISTER_TIMEOUT = 10.0  # seconds for every queue to register before falling back
+TRANSPORT_DEV = "/dev/fuse"
+TRANSPORT_URING = "io_uring"
+Reply = Callable[[int, int, bytes], None]  # unique, -errno or 0, payload
+_parameter_logged = False
 
 MAX_PAGES = 256  # 1 MiB per READ/WRITE request
 MAX_WRITE = MAX_PAGES * 4096
@@ -233,6 +249,9 @@ class Session:
         passthrough: bool = True,
         workers: int = 3,
         flags: int = kernel.MS_RELATIME,
+        io_uring: str = "auto",
+        uring_fault: str | None = None,
+        ring_sched_idle: bool = False,
     ) -> None:
         self.operations = operations
         self.mount_point = mount_point
@@ -251,10 +270,26 @@ class Session:
         self.request_counts: dict[str, int] = {}
         self.count_requests = False
         self._count_lock = threading.Lock()
+        if io_uring not in IO_URING_MODES:
+            raise ValueError(f"io_uring must be one of {IO_URING_MODES}, not {io_uring!r}")
+        self._io_uring = io_uring
+        # Tests only: "setup" fails creating the rings, "register" makes the kernel
+        # refuse one queue's registration (a payload buffer that is too small).
+        self._uring_fault = uring_fault
+        # Experimental, off by default: the ring threads as SCHED_IDLE, so that the
+        # scheduler sees a ring thread's CPU as idle when it wakes the caller with the
+        # reply and keeps the caller there (docs/design.md: the measured gain for
+        # unpinned callers, and the starvation risk when that CPU is busy).
+        self._ring_sched_idle = ring_sched_idle
+        self._rings: list[uring.Ring] = []
+        self.transport = TRANSPORT_DEV
+        self.transport_reason = "not decided yet"
+        self.requests_per_queue: dict[int, int] = {}
 
     # --- life cycle ------------------------------------------------------------------
     def mount(self) -> None:
         """mount(2), answer INIT, start the workers. Raises OSError if any step fails."""
+        self._want_uring = self._decide_io_uring()
         self.fd = kernel.open_device()
         try:
             kernel.mount(
@@ -265,11 +300,15 @@ class Session:
             self.fd = -1
             raise
         self._answer_init()
+        workers = self._worker_count
+        if self._rings and self._start_rings():
+            workers = 1  # FORGET and INTERRUPT still come on /dev/fuse
+        self._start_workers(workers)
+        log.info("%s: FUSE transport %s (%s)", self.mount_point, self.transport,
+                 self.transport_reason)  # fmt: skip
 
-        self._start_workers()
-
-    def _start_workers(self) -> None:
-        for index in range(self._worker_count):
+    def _start_workers(self, count: int) -> None:
+        for index in range(count):
             fd = self.fd if index == 0 else kernel.clone_device(self.fd)
             if index:
                 self._fds.append(fd)
@@ -303,6 +342,9 @@ class Session:
             kernel.abort_connection(connection)
 
     def close(self) -> None:
+        for ring in self._rings:
+            ring.close()
+        self._rings.clear()
         for fd in self._fds:
             os.close(fd)
         self._fds.clear()
@@ -361,6 +403,8 @@ class Session:
         if self._want_passthrough:
             wanted |= InitFlag.PASSTHROUGH
         chosen = offered & wanted
+        if offered & InitFlag.OVER_IO_URING and self._prepare_rings():
+            chosen |= InitFlag.OVER_IO_URING
         our_minor = min(minor, abi.KERNEL_MINOR_VERSION)
         stack_depth = 1 if chosen & InitFlag.PASSTHROUGH else 0
         reply = abi.INIT_OUT.pack(
@@ -375,11 +419,198 @@ class Session:
         log.info("%s: FUSE %s", self.mount_point, self.negotiated.describe())
         self.operations.init(self.negotiated)
 
+    # --- FUSE over io_uring ----------------------------------------------------------
+    def _decide_io_uring(self) -> bool:
+        """Whether to offer io_uring in INIT; decided before mount(2), because the
+        kernel offers it in INIT only while the module parameter is on.
+
+        `auto` and `on` turn a present but off `enable_uring` on when we are root: the
+        switch only lets FUSE daemons that ask for FUSE_OVER_IO_URING in their INIT
+        reply use the rings; every other daemon keeps /dev/fuse (docs/design.md). `on`
+        differs from `auto` only in warning when io_uring cannot be had."""
+        global _parameter_logged
+        mode = self._io_uring
+        complain = log.warning if mode == "on" else log.info
+        if mode == "off":
+            self.transport_reason = "fuse_io_uring = off"
+            return False
+        if not uring.supported():
+            self.transport_reason = "io_uring ring code is x86-64 only"
+            complain("%s: FUSE over io_uring not used: %s", self.mount_point,
+                     self.transport_reason)  # fmt: skip
+            return False
+        state = uring.parameter_state()
+        if state is None:
+            self.transport_reason = "this kernel has no FUSE over io_uring"
+            complain("%s: %s", self.mount_point, self.transport_reason)
+            return False
+        if not state:
+            if os.geteuid() != 0:
+                self.transport_reason = "fuse enable_uring is off and we are not root"
+                complain("%s: %s", self.mount_point, self.transport_reason)
+                return False
+            try:
+                uring.enable_parameter()
+            except OSError as exc:
+                self.transport_reason = f"cannot turn on fuse enable_uring: {exc.strerror}"
+                complain("%s: %s", self.mount_point, self.transport_reason)
+                return False
+            if not _parameter_logged:
+                _parameter_logged = True
+                log.info(
+                    "turned on /sys/module/fuse/parameters/enable_uring (fuse_io_uring = %s):"
+                    " only FUSE daemons that ask for io_uring use it", mode,
+                )  # fmt: skip
+        return True
+
+    def _prepare_rings(self) -> bool:
+        """Create the rings before INIT is answered: a failure here means INIT does not
+        ask for io_uring, so the kernel never waits for queues that will not come."""
+        if not self._want_uring:
+            return False
+        self.transport_reason = "io_uring rings registering"
+
+        def fault(qid: int) -> None:
+            if self._uring_fault == "setup":
+                raise uring.RingError(errno.ENOMEM, "injected ring setup failure")
+
+        try:
+            self._rings = uring.create_rings(self.fd, URING_DEPTH, MAX_WRITE, fault)
+        except OSError as exc:
+            self._fall_back(f"ring setup failed: {exc}")
+            return False
+        return True
+
+    def _fall_back(self, reason: str) -> None:
+        self.transport = TRANSPORT_DEV
+        self.transport_reason = f"fell back: {reason}"
+        log.warning("%s: FUSE over io_uring %s; serving on /dev/fuse", self.mount_point, reason)
+
+    def _start_rings(self) -> bool:
+        """Start one pinned thread per ring and wait until each registered its entries.
+        True when the kernel switched to the rings; False after a fallback."""
+        results: dict[int, str | None] = {}
+        done = threading.Condition()
+
+        def report(qid: int, failure: str | None) -> None:
+            with done:
+                results[qid] = failure
+                done.notify_all()
+
+        for ring in self._rings:
+            self.requests_per_queue[ring.qid] = 0
+            thread = threading.Thread(
+                target=self._serve_ring, args=(ring, report), name=f"fuse-ring-{ring.qid}",
+                daemon=True,
+            )  # fmt: skip
+            self._threads.append(thread)
+            thread.start()
+        with done:
+            done.wait_for(lambda: len(results) == len(self._rings), URING_REGISTER_TIMEOUT)
+            failures = [f"queue {qid}: {why}" for qid, why in sorted(results.items()) if why]
+            if len(results) < len(self._rings):
+                failures.append("a queue did not register in time")
+        if not failures:
+            self.transport = TRANSPORT_URING
+            self.transport_reason = f"{len(self._rings)} queues, one per CPU"
+            if self._ring_sched_idle:
+                self.transport_reason += ", ring threads SCHED_IDLE"
+            return True
+        if not any("refused" in failure for failure in failures):
+            self._reset_to_device()
+        self._fall_back("; ".join(failures))
+        return False
+
+    def _reset_to_device(self) -> None:
+        """Make the kernel give up waiting for the rings: a REGISTER it must refuse
+        (payload buffer too small) resets the connection to /dev/fuse."""
+        try:
+            probe = uring.Ring(self.fd, 0, 1, uring.PAGE)
+        except OSError as exc:
+            log.error("%s: cannot reset the FUSE connection to /dev/fuse: %s",
+                      self.mount_point, exc)  # fmt: skip
+            return
+        try:
+            probe.register_all(payload_size=0)
+            probe.enter(wait=False)
+        except OSError as exc:
+            log.error("%s: cannot reset the FUSE connection to /dev/fuse: %s",
+                      self.mount_point, exc)  # fmt: skip
+        finally:
+            probe.close()
+
+    def _serve_ring(self, ring: uring.Ring, report: Callable[[int, str | None], None]) -> None:
+        """Register the ring's entries from its CPU, then serve: each CQE is one request
+        (res 0) whose reply goes back with the COMMIT_AND_FETCH that re-arms the entry."""
+        qid = ring.qid
+        try:
+            try:
+                os.sched_setaffinity(0, {qid})
+            except OSError as exc:  # an offline CPU: serve unpinned, still correct
+                log.warning("fuse-ring-%d: cannot pin to CPU %d: %s", qid, qid, exc.strerror)
+            if self._ring_sched_idle:
+                try:
+                    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+                except OSError as exc:
+                    log.warning("fuse-ring-%d: cannot set SCHED_IDLE: %s", qid, exc.strerror)
+            short = self._uring_fault == "register" and qid == self._rings[-1].qid
+            ring.register_all(payload_size=uring.PAGE if short else None)
+            ring.enter(wait=False)
+        except BaseException as exc:
+            report(qid, f"registration failed: {exc}")
+            return
+        # A refused REGISTER completes at once; an accepted one only with a request.
+        early = ring.completions()
+        refused = [res for _, res in early if res < 0]
+        if refused:
+            report(qid, f"kernel refused registration: {os.strerror(-refused[0])}")
+            return
+        report(qid, None)
+        counts = self.requests_per_queue
+        try:
+            pending = early
+            while True:
+                for index, res in pending:
+                    entry = ring.entries[index]
+                    if res == 0:
+                        header, body = ring.request(entry)
+                        _len, opcode, unique, nodeid, uid, gid, pid, _e, _p = header
+                        entry.replied = False
+                        self._dispatch(
+                            entry.send, opcode, Request(unique, nodeid, uid, gid, pid), body
+                        )
+                        if not entry.replied:  # a ring request always gets an answer
+                            entry.send(unique, -errno.ENOSYS, b"")
+                        counts[qid] += 1
+                        ring.commit(entry)
+                    elif -res in (errno.EAGAIN, errno.EINTR):
+                        ring.resubmit(entry)
+                    elif -res in uring.ENDED:
+                        return  # unmounted or aborted: the normal end
+                    elif entry.last_command == uring.FUSE_IO_URING_CMD_COMMIT_AND_FETCH:
+                        # The kernel dropped this entry (e.g. a commit it no longer
+                        # knew): register it afresh so the queue keeps its depth.
+                        log.warning("fuse-ring-%d: entry %d: %s; registering it again",
+                                    qid, index, os.strerror(-res))  # fmt: skip
+                        ring.resubmit_register(entry)
+                    else:  # a fresh registration refused: no retry loop
+                        log.error("fuse-ring-%d: entry %d: registering again failed: %s",
+                                  qid, index, os.strerror(-res))  # fmt: skip
+                ring.enter(wait=True)
+                pending = ring.completions()
+        except BaseException as exc:  # a broken session must be seen, not hang
+            log.exception("FUSE ring thread failed")
+            self._failure = exc
+
     # --- the workers -----------------------------------------------------------------
     def _serve(self, fd: int) -> None:
         buf = bytearray(BUFFER_SIZE)
         whole = memoryview(buf)
         header = abi.IN_HEADER
+
+        def send(unique: int, error: int, payload: bytes) -> None:
+            self._send(fd, unique, error, payload)
+
         try:
             while True:
                 try:
@@ -393,22 +624,22 @@ class Session:
                 view = whole[:size]
                 _len, opcode, unique, nodeid, uid, gid, pid, _ext, _pad = header.unpack_from(view)
                 self._dispatch(
-                    fd, opcode, Request(unique, nodeid, uid, gid, pid), view[header.size :]
+                    send, opcode, Request(unique, nodeid, uid, gid, pid), view[header.size :]
                 )
         except BaseException as exc:  # a broken session must be seen, not hang
             log.exception("FUSE worker failed")
             self._failure = exc
 
-    def _dispatch(self, fd: int, opcode: int, req: Request, body: memoryview) -> None:
+    def _dispatch(self, send: Reply, opcode: int, req: Request, body: memoryview) -> None:
         if not self.count_requests:
-            self._handle(fd, opcode, req, body)
+            self._handle(send, opcode, req, body)
             return
         # Benchmarks only: how many requests of each opcode, and the microseconds spent
         # handling them (reply included) under "us NAME".
         name = Opcode(opcode).name if opcode in Opcode._value2member_map_ else str(opcode)
         started = time.perf_counter()
         try:
-            self._handle(fd, opcode, req, body)
+            self._handle(send, opcode, req, body)
         finally:
             spent = int((time.perf_counter() - started) * 1e6)
             with self._count_lock:
@@ -416,24 +647,25 @@ class Session:
                 key = f"us {name}"
                 self.request_counts[key] = self.request_counts.get(key, 0) + spent
 
-    def _handle(self, fd: int, opcode: int, req: Request, body: memoryview) -> None:
+    def _handle(self, send: Reply, opcode: int, req: Request, body: memoryview) -> None:
+        """One request on either transport; `send` writes the reply on it."""
         handler = self._handlers.get(opcode)
         if handler is None:
             if opcode in (Opcode.FORGET, Opcode.BATCH_FORGET, Opcode.INTERRUPT):
                 return
-            self._send(fd, req.unique, -errno.ENOSYS, b"")
+            send(req.unique, -errno.ENOSYS, b"")
             return
         try:
             payload = handler(req, body)
         except OSError as exc:
-            self._send(fd, req.unique, -(exc.errno or errno.EIO), b"")
+            send(req.unique, -(exc.errno or errno.EIO), b"")
             return
         except Exception:
             log.exception("unexpected error in %s", Opcode(opcode).name)
-            self._send(fd, req.unique, -errno.EIO, b"")
+            send(req.unique, -errno.EIO, b"")
             return
         if payload is not None:
-            self._send(fd, req.unique, 0, payload)
+            send(req.unique, 0, payload)
 
     @staticmethod
     def _send(fd: int, unique: int, error: int, payload: bytes) -> None:
