@@ -90,10 +90,12 @@ class Config:
         )
     )
     # The kernel layer's transport: FUSE over io_uring ("auto": when the kernel has it,
-    # "on": the same but warn when it cannot be had, "off": /dev/fuse only).
+    # "on": the same but warn when it cannot be had, "off": /dev/fuse only). Off by
+    # default: on the idle 2-vCPU machine plain io_uring made tar x, grep -r and rm -rf
+    # slower than /dev/fuse (docs/benchmarks.md, 2026-12-03 07:16 UTC; design.md).
     # DPMSFS_FUSE_IO_URING overrides the default (the test matrix runs both).
     fuse_io_uring: str = field(
-        default_factory=lambda: os.environ.get("DPMSFS_FUSE_IO_URING", "auto").lower()
+        default_factory=lambda: os.environ.get("DPMSFS_FUSE_IO_URING", "off").lower()
     )
     open_writer_recapture_seconds: float = 120.0  # a file held open for writing, re-captured
 

@@ -51,7 +51,7 @@ def _env_live_fuse() -> str:
 
 def _env_fuse_io_uring() -> str:
     """auto|on|off; DPMSFS_FUSE_IO_URING overrides (the test matrix, benchmarks)."""
-    return os.environ.get("DPMSFS_FUSE_IO_URING", "auto").lower()
+    return os.environ.get("DPMSFS_FUSE_IO_URING", "off").lower()
 
 
 def _env_passthrough() -> bool:

@@ -249,7 +249,7 @@ class Session:
         passthrough: bool = True,
         workers: int = 3,
         flags: int = kernel.MS_RELATIME,
-        io_uring: str = "auto",
+        io_uring: str = "off",
         uring_fault: str | None = None,
         ring_sched_idle: bool = False,
     ) -> None:

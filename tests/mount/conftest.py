@@ -32,10 +32,10 @@ MOUNT_TIMEOUT = 20.0
 LIVE_FUSE = os.environ.get("DPMSFS_LIVE_FUSE", "kernel")
 ON_PYFUSE3 = LIVE_FUSE == "pyfuse3"
 PASSTHROUGH = os.environ.get("DPMSFS_PASSTHROUGH", "1").lower() not in ("0", "false", "no", "off")
-# The kernel layer's transport: FUSE over io_uring where this kernel has it, unless the
-# run asks for /dev/fuse (CI's second pass: DPMSFS_FUSE_IO_URING=off).
+# The kernel layer's transport: /dev/fuse (the default), or FUSE over io_uring where
+# this kernel has it when the run asks (CI's second pass: DPMSFS_FUSE_IO_URING=auto).
 URING_KERNEL = os.path.exists("/sys/module/fuse/parameters/enable_uring")
-IO_URING = URING_KERNEL and os.environ.get("DPMSFS_FUSE_IO_URING", "auto").lower() != "off"
+IO_URING = URING_KERNEL and os.environ.get("DPMSFS_FUSE_IO_URING", "off").lower() != "off"
 
 
 def fuse_usable() -> bool:

@@ -191,7 +191,7 @@ def test_kill9_with_the_rings_active_fails_open(
     """kill -9 of the daemon while callers on every CPU have requests on the rings:
     no caller hangs (ENOTCONN, or the real directory once the watchdog detached the
     mount), and the real directory shows again."""
-    monkeypatch.setenv("DPMSFS_FUSE_IO_URING", "on")  # also in CI's /dev/fuse pass
+    monkeypatch.setenv("DPMSFS_FUSE_IO_URING", "on")  # also in CI's first (/dev/fuse) pass
     (workdir / "real.txt").write_bytes(b"on the disk\n")
     mount = CliMount(workdir, "--store", str(store_dir))
     stop = threading.Event()
