@@ -119,6 +119,7 @@ def start_sync(config: Config, store: Store, engine: CaptureEngine) -> SyncServi
         bandwidth_limit=config.sync_bandwidth_limit,
         snapshot_idle_seconds=config.sync_snapshot_idle_seconds,
         snapshot_min_seconds=config.sync_snapshot_min_seconds,
+        snapshot_max_seconds=config.sync_snapshot_max_seconds,
     )
 
 

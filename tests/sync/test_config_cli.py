@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,28 @@ def test_bench_sync_help() -> None:
                             text=True, timeout=60, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--only" in result.stdout and "rpo" in result.stdout
+
+
+def test_snapshot_cadence_under_continuous_changes(tmp_path: Path) -> None:
+    """`sync_snapshot_max_seconds`: 0 means 1.5 x the minimum (45 s by default, under the
+    60 s RPO aim); an explicit value below the minimum is a clear error."""
+    from dpmsfs.sync.service import SnapshotTrigger
+
+    (tmp_path / "w").mkdir()
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'store = "{tmp_path}/s"\n')
+    cfg = config.load(tmp_path / "w", toml)
+    engine: Any = None  # the constructor only stores it
+    trigger = SnapshotTrigger(
+        engine,
+        cfg.sync_snapshot_idle_seconds,
+        cfg.sync_snapshot_min_seconds,
+        cfg.sync_snapshot_max_seconds,
+    )
+    assert trigger.max_seconds == 45.0
+    toml.write_text(f'store = "{tmp_path}/s"\nsync_snapshot_max_seconds = 50\n')
+    explicit = config.load(tmp_path / "w", toml).sync_snapshot_max_seconds
+    assert SnapshotTrigger(engine, 5, 30, explicit).max_seconds == 50
+    toml.write_text(f'store = "{tmp_path}/s"\nsync_snapshot_max_seconds = 10\n')
+    with pytest.raises(UsageError, match="sync_snapshot_max_seconds"):
+        config.load(tmp_path / "w", toml)
