@@ -130,7 +130,9 @@ class FaultProxy:
                         data = data[:room]
                         sent_up += len(data)
                     dst.sendall(data)
-        except OSError:
+        except (OSError, ValueError):
+            # ValueError: `set_mode` closed these sockets from another thread (a mode
+            # change ends the connections), so select() saw a descriptor of -1
             return
         finally:
             for s in (client, upstream):
