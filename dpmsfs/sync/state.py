@@ -88,11 +88,15 @@ class SyncState:
         self.db.transact(lambda txn: txn.put(T_SNAPS, key + name.encode(), _I64.pack(now_ns)))
 
     def confirm_snapshots(self, key: bytes, names: Iterable[str], now_ns: int) -> None:
+        self._stamp(T_SNAPS, key, names, now_ns)
+
+    def _stamp(self, table: str, key: bytes, names: Iterable[str], now_ns: int) -> None:
+        """One transaction: server key + each name -> the time, in `table`."""
         names = list(names)
 
         def body(txn: WriteTxn) -> None:
             for name in names:
-                txn.put(T_SNAPS, key + name.encode(), _I64.pack(now_ns))
+                txn.put(table, key + name.encode(), _I64.pack(now_ns))
 
         if names:
             self.db.transact(body)
@@ -107,14 +111,7 @@ class SyncState:
 
     # -- snapshots the server's prune forgot ----------------------------------------------
     def mark_forgotten(self, key: bytes, names: Iterable[str], now_ns: int) -> None:
-        names = list(names)
-
-        def body(txn: WriteTxn) -> None:
-            for name in names:
-                txn.put(T_GONE, key + name.encode(), _I64.pack(now_ns))
-
-        if names:
-            self.db.transact(body)
+        self._stamp(T_GONE, key, names, now_ns)
 
     def forgotten_snapshots(self, key: bytes) -> set[str]:
         with self.db.read() as txn:
